@@ -1,0 +1,12 @@
+//! krpc-server: the Bench gRPC service behind TLS off / rustls / kTLS, on a thread-per-core
+//! runtime (one pinned current-thread tokio runtime and one SO_REUSEPORT listener per core) or a
+//! work-stealing one. [`Server::serve`] takes already bound listeners, so tests bind port 0.
+
+mod listen;
+mod runtime;
+mod service;
+mod store;
+
+pub use listen::bind;
+pub use runtime::{RuntimeMode, Server, ServerError, ServerInfo};
+pub use service::BenchService;

@@ -1,0 +1,294 @@
+//! `krpc-server`: parses flags, sets up logging, resolves the TLS mode and certificates, binds,
+//! and serves until SIGTERM or Ctrl-C.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use krpc_server::{RuntimeMode, Server, ServerInfo};
+use krpc_transport::{
+    Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath, Trust,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// krpc gRPC server: small RPCs over TLS 1.3, in user space (rustls) or in the kernel (kTLS).
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate development certificates (CA, server, client) into a directory.
+    GenCerts {
+        /// Output directory.
+        #[arg(long, default_value = "krpc-certs")]
+        out: PathBuf,
+        /// Extra server names (DNS names or IP addresses) besides localhost, 127.0.0.1 and ::1.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// TLS mode: off | rustls | ktls | auto (kTLS where the kernel supports it, else rustls).
+    #[arg(long, default_value = "auto")]
+    tls: TlsMode,
+    /// Server certificate chain (PEM). Without it, development certificates are used.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Require client certificates issued by this CA (mTLS).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Where development certificates are kept (generated on first use).
+    #[arg(long, env = "KRPC_DEV_CERTS")]
+    dev_certs: Option<PathBuf>,
+    /// thread-per-core (pinned current-thread runtimes, SO_REUSEPORT) or work-stealing.
+    #[arg(long, default_value = "thread-per-core")]
+    runtime: RuntimeMode,
+    /// Number of cores to serve on (default: all available).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Cut off clients that have not finished the TLS handshake in this time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Log format: plain or json. Filter with RUST_LOG (default: info).
+    #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        Some(Command::GenCerts { out, names }) => gen_certs(&out, &names),
+        None => {
+            init_tracing(&cli.serve.log_format);
+            serve(cli.serve)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krpc-server: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; a bad flag is one line and status 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        print!("{e}");
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.to_string();
+    let line = rendered.lines().next().unwrap_or("invalid arguments");
+    eprintln!(
+        "krpc-server: {} (see --help)",
+        line.trim_start_matches("error: ")
+    );
+    ExitCode::from(2)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn gen_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
+    let paths = DevCerts::generate(names)?.write(out)?;
+    println!("wrote {}", paths.ca_cert.display());
+    println!(
+        "wrote {} and {}",
+        paths.server_cert.display(),
+        paths.server_key.display()
+    );
+    println!(
+        "wrote {} and {}",
+        paths.client_cert.display(),
+        paths.client_key.display()
+    );
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cores = args
+        .cores
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+    if cores == 0 {
+        bail!("--cores must be at least 1");
+    }
+    // The probe runs before any handshake: a kernel that refuses keys would lose the stream.
+    let ktls = if args.tls == TlsMode::Off {
+        KtlsSupport::unavailable("not probed (--tls off)")
+    } else {
+        KtlsSupport::probe()
+    };
+    let path = args.tls.resolve(&ktls)?;
+    match (args.tls, ktls.unavailable_reason()) {
+        (TlsMode::Auto, Some(reason)) => {
+            warn!(%reason, "kTLS unavailable: serving with rustls (--tls auto)")
+        }
+        (TlsMode::Auto, None) => info!("kTLS available: serving with kTLS (--tls auto)"),
+        _ => {}
+    }
+
+    let (acceptor, ca_hint) = match path {
+        TlsPath::Off => (Acceptor::plaintext(), None),
+        TlsPath::Rustls | TlsPath::Ktls => {
+            let (identity, ca_hint) = server_identity(&args)?;
+            let client_ca = match &args.client_ca {
+                Some(path) => match Trust::ca_file(path)? {
+                    Trust::Roots(roots) => Some(roots),
+                    Trust::Insecure => None,
+                },
+                None => None,
+            };
+            let config = ServerTls {
+                identity,
+                client_ca,
+            }
+            .config(path, &ktls)?;
+            (
+                Acceptor::tls(config, path == TlsPath::Ktls, args.handshake_timeout),
+                ca_hint,
+            )
+        }
+    };
+
+    let listeners_wanted = match args.runtime {
+        RuntimeMode::ThreadPerCore => cores,
+        RuntimeMode::WorkStealing => 1,
+    };
+    let listeners = krpc_server::bind(args.listen, listeners_wanted)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listeners[0].local_addr()?;
+    let server = Server::new(
+        ServerInfo {
+            runtime: args.runtime,
+            cores,
+            configured_tls: args.tls,
+            ktls,
+        },
+        acceptor,
+    );
+    info!(
+        addr = %local,
+        tls = %path,
+        runtime = %args.runtime,
+        cores,
+        "krpc-server listening"
+    );
+    info!(
+        "call it with: {}",
+        call_hint(local, path, ca_hint.as_deref())
+    );
+
+    let shutdown = CancellationToken::new();
+    let signals = thread::Builder::new()
+        .name("krpc-signals".into())
+        .spawn({
+            let shutdown = shutdown.clone();
+            move || wait_for_signal(shutdown)
+        })
+        .context("cannot start the signal thread")?;
+    let served = server.serve(listeners, shutdown.clone());
+    shutdown.cancel();
+    let _ = signals.join();
+    served?;
+    info!("krpc-server stopped");
+    Ok(())
+}
+
+/// The certificate to serve: `--cert/--key`, or development certificates (generated on first
+/// use). Also returns the CA file a client needs, for the start-up hint.
+fn server_identity(args: &ServeArgs) -> anyhow::Result<(Identity, Option<PathBuf>)> {
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        return Ok((Identity::from_pem_files(cert, key)?, None));
+    }
+    let dir = args
+        .dev_certs
+        .clone()
+        .or_else(DevCertPaths::default_dir)
+        .context("no --cert/--key given and no home directory for development certificates (set --dev-certs)")?;
+    let paths = DevCertPaths::in_dir(&dir);
+    if !paths.all_exist() {
+        DevCerts::generate(&[])?.write(&dir)?;
+        info!(dir = %dir.display(), "generated development certificates");
+    }
+    let identity = Identity::from_pem_files(&paths.server_cert, &paths.server_key)?;
+    Ok((identity, Some(paths.ca_cert)))
+}
+
+fn call_hint(addr: SocketAddr, path: TlsPath, ca: Option<&Path>) -> String {
+    let mut hint = format!("krpc --addr {addr}");
+    match (path, ca) {
+        (TlsPath::Off, _) => hint.push_str(" --tls off"),
+        (_, Some(ca)) => hint.push_str(&format!(" --ca {}", ca.display())),
+        (_, None) => hint.push_str(" --ca <CA of your certificate>"),
+    }
+    hint.push_str(" echo hello");
+    hint
+}
+
+/// Blocks until SIGTERM or Ctrl-C (then cancels `shutdown`), or until `shutdown` is cancelled
+/// elsewhere (the server stopped on its own).
+fn wait_for_signal(shutdown: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            warn!(%error, "cannot watch for signals; stop the server with SIGKILL");
+            return;
+        }
+    };
+    runtime.block_on(async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot watch for SIGTERM");
+                    shutdown.cancelled().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: draining in-flight RPCs"),
+            _ = tokio::signal::ctrl_c() => info!("Ctrl-C: draining in-flight RPCs"),
+            () = shutdown.cancelled() => return,
+        }
+        shutdown.cancel();
+    });
+}

@@ -1,0 +1,94 @@
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::{Stream, StreamExt};
+use krpc_proto::v1::{
+    EchoRequest, EchoResponse, GetRequest, GetResponse, InfoRequest, InfoResponse, PutRequest,
+    PutResponse, TlsMode as WireTlsMode, bench_server::Bench,
+};
+use krpc_transport::{ConnInfo, TlsPath};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{ServerInfo, store::Store};
+
+/// The Bench service: Echo, Put/Get on the in-memory store, EchoStream, Info.
+#[derive(Clone, Debug)]
+pub struct BenchService {
+    info: Arc<ServerInfo>,
+    store: Arc<Store>,
+}
+
+impl BenchService {
+    pub fn new(info: Arc<ServerInfo>) -> Self {
+        let shards = info.cores.max(1) * 16;
+        Self {
+            info,
+            store: Arc::new(Store::new(shards)),
+        }
+    }
+}
+
+type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Bench for BenchService {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        let payload = request.into_inner().payload;
+        Ok(Response::new(EchoResponse { payload }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let PutRequest { key, value } = request.into_inner();
+        let replaced = self.store.put(key, value);
+        Ok(Response::new(PutResponse { replaced }))
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let value = self.store.get(&request.into_inner().key);
+        Ok(Response::new(GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    type EchoStreamStream = EchoStream;
+
+    async fn echo_stream(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<Self::EchoStreamStream>, Status> {
+        let replies = request
+            .into_inner()
+            .map(|message| message.map(|m| EchoResponse { payload: m.payload }));
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let conn = request.extensions().get::<ConnInfo>();
+        let info = &self.info;
+        let tls = conn.map_or(TlsPath::Off, |c| c.tls);
+        Ok(Response::new(InfoResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            runtime: info.runtime.as_str().to_owned(),
+            cores: u32::try_from(info.cores).unwrap_or(u32::MAX),
+            tls_mode: match tls {
+                TlsPath::Off => WireTlsMode::Off,
+                TlsPath::Rustls => WireTlsMode::Rustls,
+                TlsPath::Ktls => WireTlsMode::Ktls,
+            }
+            .into(),
+            tls_version: conn
+                .and_then(|c| c.tls_version)
+                .unwrap_or_default()
+                .to_owned(),
+            cipher: conn.and_then(|c| c.cipher).unwrap_or_default().to_owned(),
+            ktls: tls == TlsPath::Ktls,
+            ktls_available: info.ktls.is_available(),
+            ktls_unavailable_reason: info
+                .ktls
+                .unavailable_reason()
+                .unwrap_or_default()
+                .to_owned(),
+            configured_tls: info.configured_tls.as_str().to_owned(),
+        }))
+    }
+}
