@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use krpc_server::{RuntimeMode, Server, ServerInfo};
 use krpc_transport::{
-    Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath, Trust,
+    Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath,
+    read_ca_file,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// Ask the kernel whether it can carry TLS 1.3 records (kTLS); exit status 1 when not.
+    ProbeKtls,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +85,19 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::GenCerts { out, names }) => gen_certs(&out, &names),
+        Some(Command::ProbeKtls) => {
+            let support = KtlsSupport::probe();
+            return match support.unavailable_reason() {
+                None => {
+                    println!("kTLS: available ({})", support.describe());
+                    ExitCode::SUCCESS
+                }
+                Some(reason) => {
+                    println!("kTLS: unavailable: {reason}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {
             init_tracing(&cli.serve.log_format);
             serve(cli.serve)
@@ -117,6 +133,7 @@ fn init_tracing(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -167,13 +184,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TlsPath::Off => (Acceptor::plaintext(), None),
         TlsPath::Rustls | TlsPath::Ktls => {
             let (identity, ca_hint) = server_identity(&args)?;
-            let client_ca = match &args.client_ca {
-                Some(path) => match Trust::ca_file(path)? {
-                    Trust::Roots(roots) => Some(roots),
-                    Trust::Insecure => None,
-                },
-                None => None,
-            };
+            let client_ca = args.client_ca.as_deref().map(read_ca_file).transpose()?;
             let config = ServerTls {
                 identity,
                 client_ca,

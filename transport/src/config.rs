@@ -44,7 +44,7 @@ pub enum Trust {
 impl Trust {
     /// Trust the CAs in a PEM file.
     pub fn ca_file(path: &Path) -> Result<Self, TransportError> {
-        load_certs(path, "CA").map(Self::Roots)
+        read_ca_file(path).map(Self::Roots)
     }
 }
 
@@ -55,6 +55,11 @@ impl fmt::Debug for Trust {
             Self::Insecure => f.write_str("Insecure"),
         }
     }
+}
+
+/// Reads the CA certificates of a PEM file (for `--ca` and `--client-ca`).
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    load_certs(path, "CA")
 }
 
 /// Server-side TLS settings.

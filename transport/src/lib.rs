@@ -13,7 +13,7 @@ mod probe;
 
 pub use accept::{Acceptor, HandshakeError, HandshakeFailure};
 pub use certs::{DevCertPaths, DevCerts};
-pub use config::{ClientTls, Identity, ServerTls, Trust};
+pub use config::{ClientTls, Identity, ServerTls, Trust, read_ca_file};
 pub use connect::{ConnectError, Connector};
 pub use error::TransportError;
 pub use io::{Conn, ConnInfo};

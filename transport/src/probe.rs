@@ -72,6 +72,23 @@ impl KtlsSupport {
         }
     }
 
+    /// The TLS 1.3 ciphers the kernel accepted, for humans: "AES-128-GCM, AES-256-GCM".
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = [
+            (self.aes_128_gcm, "AES-128-GCM"),
+            (self.aes_256_gcm, "AES-256-GCM"),
+            (self.chacha20_poly1305, "CHACHA20-POLY1305"),
+        ]
+        .into_iter()
+        .filter_map(|(ok, name)| ok.then_some(name))
+        .collect();
+        if names.is_empty() {
+            "no TLS 1.3 cipher".to_owned()
+        } else {
+            format!("TLS 1.3 {}", names.join(", "))
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn all_ciphers_for_test() -> Self {
         Self {
