@@ -27,20 +27,20 @@ async fn mtls_accepts_a_client_certificate_and_refuses_its_absence() {
     let reply = client.echo(echo()).await.unwrap().into_inner();
     assert_eq!(reply.payload, Bytes::from_static(b"ping"));
 
-    // TLS 1.3: the client learns of the refusal on its first read, so the failure shows either
-    // at connect or at the first RPC. Either way no RPC succeeds.
+    // TLS 1.3: the client finishes its side of the handshake before the server checks the
+    // (missing) certificate, so the refusal shows either at connect or at the first RPC, as a
+    // closed connection. Either way, no RPC gets through.
     let without = server.tls_args(TlsMode::Rustls);
-    let refused = match server.client(&without).await {
-        Err(e) => chain(&e),
-        Ok(mut client) => match client.echo(echo()).await {
-            Err(status) => format!("{status:?}"),
-            Ok(_) => panic!("an RPC without a client certificate succeeded under mTLS"),
-        },
-    };
-    assert!(
-        refused.to_lowercase().contains("certificate"),
-        "the refusal should name the certificate: {refused}"
-    );
+    if let Ok(mut client) = server.client(&without).await {
+        let status = client
+            .echo(echo())
+            .await
+            .expect_err("an RPC without a client certificate succeeded under mTLS");
+        assert_ne!(status.code(), tonic::Code::Ok);
+    }
+    // And the server keeps serving the client that has a certificate.
+    let reply = client.echo(echo()).await.unwrap().into_inner();
+    assert_eq!(reply.payload, Bytes::from_static(b"ping"));
     server.stop().await.unwrap();
 }
 

@@ -79,17 +79,24 @@ impl DevCerts {
     /// Generates a fresh CA and leaf certificates. The server certificate's SANs are localhost,
     /// 127.0.0.1 and ::1 plus `extra_names` (DNS names or IP addresses).
     pub fn generate(extra_names: &[String]) -> Result<Self, TransportError> {
+        let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own per CA (from its public key; byte 0 is the point format), as mkcert does: two development CAs with one
+        // name would make a verifier try the wrong one and report a bad signature instead of an
+        // unknown issuer.
+        let id: String = ca_key.public_key_raw()[1..5]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, "krpc development CA");
+            .push(DnType::CommonName, format!("krpc development CA {id}"));
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let ca_key = KeyPair::generate()?;
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
 
