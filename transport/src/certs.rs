@@ -79,6 +79,12 @@ impl DevCerts {
     /// Generates a fresh CA and leaf certificates. The server certificate's SANs are localhost,
     /// 127.0.0.1 and ::1 plus `extra_names` (DNS names or IP addresses).
     pub fn generate(extra_names: &[String]) -> Result<Self, TransportError> {
+        // rcgen takes any string as a DNS name; a certificate nobody can match helps no one.
+        for name in extra_names {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(TransportError::ServerName { name: name.clone() });
+            }
+        }
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -202,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_bad_name_is_refused() {
-        let err = DevCerts::generate(&["not a name!".to_owned()]);
-        assert!(err.is_err());
+        let err = DevCerts::generate(&["not a name!".to_owned()]).unwrap_err();
+        assert!(matches!(&err, TransportError::ServerName { name } if name == "not a name!"), "{err}");
     }
 }

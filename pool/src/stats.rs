@@ -1,0 +1,166 @@
+//! Exact per-core counters. Each core's block is cache-padded and written with relaxed atomics:
+//! counters need no ordering, only exactness once the threads are quiet.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Drain batch-size buckets: 0, 1, 2-3, 4-7, ... 64-127, 128 and more.
+pub const DRAIN_BUCKETS: usize = 9;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) allocs: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) large_allocs: AtomicU64,
+    pub(crate) local_frees: AtomicU64,
+    pub(crate) deferred_frees: AtomicU64,
+    pub(crate) overflow_frees: AtomicU64,
+    pub(crate) drained: AtomicU64,
+    pub(crate) drain_trimmed: AtomicU64,
+    pub(crate) drain_calls: AtomicU64,
+    pub(crate) drain_batches: [AtomicU64; DRAIN_BUCKETS],
+    pub(crate) kicks: AtomicU64,
+    pub(crate) bytes_cached: AtomicI64,
+    pub(crate) outstanding: AtomicI64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Relaxed);
+}
+
+/// Bucket of a drain batch of `n` buffers.
+pub(crate) fn drain_bucket(n: usize) -> usize {
+    match n {
+        0 => 0,
+        n => (usize::BITS - n.leading_zeros()).min(DRAIN_BUCKETS as u32 - 1) as usize,
+    }
+}
+
+/// One core's counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Buffers handed out with this core as origin (pooled and large).
+    pub allocs: u64,
+    /// Allocations served from a free list.
+    pub hits: u64,
+    /// Allocations that fell back to the allocator (empty list).
+    pub misses: u64,
+    /// Requests over the largest size class, served by the allocator.
+    pub large_allocs: u64,
+    /// Frees that went straight onto a free list (this core's, or the global one).
+    pub local_frees: u64,
+    /// Frees pushed on a defer list (per-core or per-connection) for later draining.
+    pub deferred_frees: u64,
+    /// Frees returned to the allocator: memory cap reached, defer list full, large buffers,
+    /// or no owner left to give them to.
+    pub overflow_frees: u64,
+    /// Deferred buffers taken off a defer list by a drain.
+    pub drained: u64,
+    /// Of those, returned to the allocator because the free list was at its memory cap.
+    pub drain_trimmed: u64,
+    /// Drain calls, empty ones included.
+    pub drain_calls: u64,
+    /// Drain batch sizes: 0, 1, 2-3, 4-7, ..., 64-127, 128+.
+    pub drain_batches: [u64; DRAIN_BUCKETS],
+    /// Wake-ups sent to this core because its defer list reached `defer_max / 2`.
+    pub kicks: u64,
+    /// Bytes held in this core's free lists.
+    pub bytes_cached: i64,
+    /// Buffers allocated on this core and not yet freed.
+    pub outstanding: i64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> CoreStats {
+        CoreStats {
+            allocs: self.allocs.load(Relaxed),
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            large_allocs: self.large_allocs.load(Relaxed),
+            local_frees: self.local_frees.load(Relaxed),
+            deferred_frees: self.deferred_frees.load(Relaxed),
+            overflow_frees: self.overflow_frees.load(Relaxed),
+            drained: self.drained.load(Relaxed),
+            drain_trimmed: self.drain_trimmed.load(Relaxed),
+            drain_calls: self.drain_calls.load(Relaxed),
+            drain_batches: std::array::from_fn(|i| self.drain_batches[i].load(Relaxed)),
+            kicks: self.kicks.load(Relaxed),
+            bytes_cached: self.bytes_cached.load(Relaxed),
+            outstanding: self.outstanding.load(Relaxed),
+        }
+    }
+}
+
+/// Every core's counters at one moment (each core read separately: exact once quiet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub cores: Vec<CoreStats>,
+    /// Allocations made on threads not registered with the pool (served by the allocator).
+    pub unregistered_allocs: u64,
+}
+
+impl Snapshot {
+    /// The sum over cores.
+    pub fn total(&self) -> CoreStats {
+        let mut t = CoreStats::default();
+        for c in &self.cores {
+            t.allocs += c.allocs;
+            t.hits += c.hits;
+            t.misses += c.misses;
+            t.large_allocs += c.large_allocs;
+            t.local_frees += c.local_frees;
+            t.deferred_frees += c.deferred_frees;
+            t.overflow_frees += c.overflow_frees;
+            t.drained += c.drained;
+            t.drain_trimmed += c.drain_trimmed;
+            t.drain_calls += c.drain_calls;
+            for (a, b) in t.drain_batches.iter_mut().zip(c.drain_batches) {
+                *a += b;
+            }
+            t.kicks += c.kicks;
+            t.bytes_cached += c.bytes_cached;
+            t.outstanding += c.outstanding;
+        }
+        t
+    }
+
+    /// The conservation law: every buffer handed out was freed exactly once, every deferred
+    /// buffer was drained, nothing is outstanding. Holds once all buffers are dropped and every
+    /// core and connection drained; returns what is off otherwise.
+    pub fn check_balanced(&self) -> Result<(), String> {
+        let t = self.total();
+        let frees = t.local_frees + t.deferred_frees + t.overflow_frees;
+        let mut problems = Vec::new();
+        if t.allocs != frees {
+            problems.push(format!(
+                "allocs {} != frees {} (local {} + deferred {} + overflow {})",
+                t.allocs, frees, t.local_frees, t.deferred_frees, t.overflow_frees
+            ));
+        }
+        if t.drained != t.deferred_frees {
+            problems.push(format!("drained {} != deferred {}", t.drained, t.deferred_frees));
+        }
+        if t.outstanding != 0 {
+            problems.push(format!("outstanding {}", t.outstanding));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_buckets_are_powers_of_two() {
+        let got: Vec<usize> = [0, 1, 2, 3, 4, 7, 8, 64, 127, 128, 10_000]
+            .into_iter()
+            .map(drain_bucket)
+            .collect();
+        assert_eq!(got, vec![0, 1, 2, 2, 3, 3, 4, 7, 7, 8, 8]);
+    }
+}
