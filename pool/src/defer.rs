@@ -3,6 +3,8 @@
 //! owner takes, and it always takes everything, so the ABA problem of a popping Treiber stack
 //! cannot arise. Nodes are intrusive: they live in the memory of the freed buffer itself.
 
+#![allow(unsafe_code)] // this module is one of the pool's fenced unsafe parts (lib.rs)
+
 use std::ptr::{self, NonNull};
 
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering, UnsafeCell};

@@ -5,11 +5,11 @@
 #[cfg(krpc_loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering},
+    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
 };
 
 #[cfg(not(krpc_loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// `std::cell::UnsafeCell` with loom's closure API, so one code path serves both builds.
 #[cfg(not(krpc_loom))]
