@@ -12,7 +12,9 @@ use common::{PoolSource, VecSource, cross_thread, pool_one_core, vec_one_core};
 fn one_core(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_core");
     for strategy in Strategy::ALL {
-        group.bench_function(strategy.as_str(), |b| b.iter_custom(|iters| pool_one_core(strategy, iters)));
+        group.bench_function(strategy.as_str(), |b| {
+            b.iter_custom(|iters| pool_one_core(strategy, iters))
+        });
     }
     group.bench_function("glibc", |b| b.iter_custom(vec_one_core));
     group.finish();
@@ -30,7 +32,9 @@ fn cross(c: &mut Criterion) {
                 })
             });
         }
-        group.bench_function("glibc", |b| b.iter_custom(|iters| cross_thread(VecSource, threads, iters)));
+        group.bench_function("glibc", |b| {
+            b.iter_custom(|iters| cross_thread(VecSource, threads, iters))
+        });
         group.finish();
     }
 }

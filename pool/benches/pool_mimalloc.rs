@@ -15,7 +15,9 @@ fn mimalloc(c: &mut Criterion) {
     for threads in [2usize, 4, 8] {
         let mut group = c.benchmark_group(format!("cross_thread_{threads}"));
         group.sample_size(20);
-        group.bench_function("mimalloc", |b| b.iter_custom(|iters| cross_thread(VecSource, threads, iters)));
+        group.bench_function("mimalloc", |b| {
+            b.iter_custom(|iters| cross_thread(VecSource, threads, iters))
+        });
         group.finish();
     }
 }

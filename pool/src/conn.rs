@@ -68,7 +68,9 @@ impl ConnHandle {
 
     /// Receive work: moves this connection's freed buffers to the calling core's free list.
     pub fn drain(&self) -> usize {
-        self.inner.shared.drain_conn(&self.inner.defer, self.inner.core)
+        self.inner
+            .shared
+            .drain_conn(&self.inner.defer, self.inner.core)
     }
 
     /// Buffers waiting on this connection's defer list.

@@ -153,7 +153,10 @@ mod tests {
         let list = DeferList::new();
         for i in 0..3 {
             // SAFETY: fresh node, owned by us.
-            assert_eq!(unsafe { list.try_push(boxed(i), 3) }, Pushed::Queued { len: i + 1 });
+            assert_eq!(
+                unsafe { list.try_push(boxed(i), 3) },
+                Pushed::Queued { len: i + 1 }
+            );
         }
         let extra = boxed(99);
         // SAFETY: fresh node; refused, so still ours.
@@ -170,5 +173,96 @@ mod tests {
         assert_eq!(payloads, vec![2, 1, 0]);
         assert_eq!(list.len(), 0);
         assert_eq!(list.take_all().count(), 0);
+    }
+}
+
+/// The model: two freers push while the owner drains, in every interleaving loom can find. The
+/// payloads live in loom cells, so a missing happens-before edge (weaken the Acquire in
+/// `take_all` or the Release in `try_push`) fails the model with a causality violation.
+#[cfg(all(test, krpc_loom))]
+mod loom_model {
+    use loom::{sync::Arc, thread};
+
+    use super::*;
+
+    fn free(node: NonNull<Node>) {
+        // SAFETY: every node here came from `Box::leak` and is freed once, by its taker.
+        drop(unsafe { Box::from_raw(node.as_ptr()) });
+    }
+
+    #[test]
+    fn pushes_are_taken_exactly_once_with_their_payloads() {
+        loom::model(|| {
+            let list = Arc::new(DeferList::new());
+            let pushers: Vec<_> = (0..2)
+                .map(|i| {
+                    let list = list.clone();
+                    thread::spawn(move || {
+                        let node = NonNull::from(Box::leak(Box::new(Node::new(0))));
+                        // The freer's last write to the buffer, which the owner must see.
+                        // SAFETY: the node is ours until pushed.
+                        unsafe { node.as_ref() }.payload.with_mut(|p| {
+                            // SAFETY: as above.
+                            unsafe { *p = 10 + i }
+                        });
+                        // SAFETY: a fresh node, ours.
+                        match unsafe { list.try_push(node, 2) } {
+                            Pushed::Queued { .. } => {}
+                            Pushed::Full => unreachable!("room for both"),
+                        }
+                    })
+                })
+                .collect();
+            let mut seen = Vec::new();
+            for (node, payload) in list.take_all() {
+                seen.push(payload);
+                free(node);
+            }
+            for pusher in pushers {
+                pusher.join().unwrap();
+            }
+            for (node, payload) in list.take_all() {
+                seen.push(payload);
+                free(node);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, vec![10, 11]);
+            assert_eq!(list.len(), 0);
+        });
+    }
+
+    #[test]
+    fn a_full_list_refuses_and_the_count_never_underflows() {
+        loom::model(|| {
+            let list = Arc::new(DeferList::new());
+            let pusher = {
+                let list = list.clone();
+                thread::spawn(move || {
+                    let mut refused = 0;
+                    for _ in 0..2 {
+                        let node = NonNull::from(Box::leak(Box::new(Node::new(7))));
+                        // SAFETY: a fresh node, ours.
+                        if unsafe { list.try_push(node, 1) } == Pushed::Full {
+                            refused += 1;
+                            free(node);
+                        }
+                    }
+                    refused
+                })
+            };
+            let mut taken = 0;
+            for (node, _) in list.take_all() {
+                taken += 1;
+                free(node);
+            }
+            assert!(list.len() <= 2, "len read {}", list.len());
+            let refused = pusher.join().unwrap();
+            for (node, _) in list.take_all() {
+                taken += 1;
+                free(node);
+            }
+            assert_eq!(taken + refused, 2);
+            assert!(taken >= 1);
+        });
     }
 }

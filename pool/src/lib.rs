@@ -64,7 +64,9 @@ impl FromStr for Strategy {
         Self::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown strategy {s:?} (expected global, local, per-conn or per-core)"))
+            .ok_or_else(|| {
+                format!("unknown strategy {s:?} (expected global, local, per-conn or per-core)")
+            })
     }
 }
 

@@ -10,7 +10,10 @@ use std::{
     ptr::{self, NonNull},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed, Release}},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     task::Waker,
 };
@@ -381,7 +384,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("config", &self.shared.config).finish()
+        f.debug_struct("Pool")
+            .field("config", &self.shared.config)
+            .finish()
     }
 }
 
@@ -399,9 +404,15 @@ pub enum RegisterError {
 impl std::fmt::Display for RegisterError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NoSuchCore { core, cores } => write!(f, "core {core} out of range (pool has {cores})"),
-            Self::CoreTaken { core } => write!(f, "core {core} is already registered by another thread"),
-            Self::ThreadRegistered => f.write_str("this thread is already registered as a pool core"),
+            Self::NoSuchCore { core, cores } => {
+                write!(f, "core {core} out of range (pool has {cores})")
+            }
+            Self::CoreTaken { core } => {
+                write!(f, "core {core} is already registered by another thread")
+            }
+            Self::ThreadRegistered => {
+                f.write_str("this thread is already registered as a pool core")
+            }
         }
     }
 }
@@ -488,7 +499,11 @@ impl Pool {
     pub fn drain_orphans(&self) -> usize {
         let mut n = 0;
         for (core, state) in self.shared.cores.iter().enumerate() {
-            if state.owned.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
+            if state
+                .owned
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
+            {
                 if state.defer.len() > 0 {
                     // SAFETY: we hold the core's claim, so no thread owns its lists.
                     n += unsafe { self.shared.drain_core(core) };
@@ -502,7 +517,12 @@ impl Pool {
     /// Every core's counters.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
-            cores: self.shared.cores.iter().map(|c| c.stats.snapshot()).collect(),
+            cores: self
+                .shared
+                .cores
+                .iter()
+                .map(|c| c.stats.snapshot())
+                .collect(),
             unregistered_allocs: self.shared.unregistered_allocs.load(Relaxed),
         }
     }
@@ -518,7 +538,9 @@ pub struct CoreHandle {
 
 impl std::fmt::Debug for CoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreHandle").field("core", &self.core).finish()
+        f.debug_struct("CoreHandle")
+            .field("core", &self.core)
+            .finish()
     }
 }
 

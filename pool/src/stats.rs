@@ -138,7 +138,10 @@ impl Snapshot {
             ));
         }
         if t.drained != t.deferred_frees {
-            problems.push(format!("drained {} != deferred {}", t.drained, t.deferred_frees));
+            problems.push(format!(
+                "drained {} != deferred {}",
+                t.drained, t.deferred_frees
+            ));
         }
         if t.outstanding != 0 {
             problems.push(format!("outstanding {}", t.outstanding));

@@ -4,8 +4,8 @@
 use std::{sync::Barrier, thread};
 
 use krpc_pool::{Config, Pool, PoolBuf, Strategy};
-use proptest::strategy::Strategy as Generator;
 use proptest::prelude::*;
+use proptest::strategy::Strategy as Generator;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -27,15 +27,21 @@ fn op() -> impl Generator<Value = Op> {
     ]
 }
 
-fn run(strategy: Strategy, defer_max: usize, cap: usize, scripts: Vec<Vec<Op>>) -> Result<(), String> {
+fn run(
+    strategy: Strategy,
+    defer_max: usize,
+    cap: usize,
+    scripts: Vec<Vec<Op>>,
+) -> Result<(), String> {
     let threads = scripts.len();
     let pool = Pool::new(Config {
         defer_max,
         cap_bytes_per_core: cap,
         ..Config::new(strategy, threads)
     });
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..threads).map(|_| std::sync::mpsc::channel::<PoolBuf>()).unzip();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
+        .map(|_| std::sync::mpsc::channel::<PoolBuf>())
+        .unzip();
     let barrier = Barrier::new(threads);
     thread::scope(|s| {
         for (core, (script, inbox)) in scripts.into_iter().zip(receivers).enumerate() {

@@ -18,7 +18,10 @@ fn pool(strategy: Strategy) -> Pool {
 }
 
 /// Runs `f` on a new thread registered as core 1, and returns what it returns.
-fn on_core_1<T: Send + 'static>(pool: &Pool, f: impl FnOnce(&Pool, &CoreHandle) -> T + Send + 'static) -> T {
+fn on_core_1<T: Send + 'static>(
+    pool: &Pool,
+    f: impl FnOnce(&Pool, &CoreHandle) -> T + Send + 'static,
+) -> T {
     let pool = pool.clone();
     thread::spawn(move || {
         let core = pool.register_current_thread(1).unwrap();
@@ -64,17 +67,33 @@ fn cross_core(strategy: Strategy, n: usize) -> krpc_pool::Snapshot {
 fn cross_core_frees_follow_the_strategy() {
     let n = 20;
     let global = cross_core(Strategy::Global, n);
-    assert_eq!(global.cores[1].local_frees, n as u64, "global: freeing core pushes on the shared list");
+    assert_eq!(
+        global.cores[1].local_frees, n as u64,
+        "global: freeing core pushes on the shared list"
+    );
     assert_eq!(global.total().deferred_frees, 0);
 
     let local = cross_core(Strategy::Local, n);
-    assert_eq!(local.cores[1].local_frees, n as u64, "local: kept by the freeing core");
+    assert_eq!(
+        local.cores[1].local_frees, n as u64,
+        "local: kept by the freeing core"
+    );
     assert_eq!(local.total().deferred_frees, 0);
 
     let per_core = cross_core(Strategy::PerCore, n);
-    assert_eq!(per_core.cores[1].deferred_frees, n as u64, "per-core: deferred to the origin");
-    assert_eq!(per_core.cores[0].drained, n as u64, "per-core: drained by the origin");
-    assert_eq!(per_core.cores[0].bytes_cached, (n * 1024) as i64, "back on core 0's list");
+    assert_eq!(
+        per_core.cores[1].deferred_frees, n as u64,
+        "per-core: deferred to the origin"
+    );
+    assert_eq!(
+        per_core.cores[0].drained, n as u64,
+        "per-core: drained by the origin"
+    );
+    assert_eq!(
+        per_core.cores[0].bytes_cached,
+        (n * 1024) as i64,
+        "back on core 0's list"
+    );
     assert_eq!(per_core.cores[1].bytes_cached, 0);
 
     for snap in [global, local, per_core] {
@@ -115,9 +134,16 @@ fn per_core_kicks_at_half_and_overflows_past_defer_max() {
     let s = pool.snapshot();
     assert_eq!(s.cores[0].kicks, 1);
     assert_eq!(s.cores[1].deferred_frees, 8);
-    assert_eq!(s.cores[1].overflow_frees, 4, "past defer_max the freer frees it itself");
+    assert_eq!(
+        s.cores[1].overflow_frees, 4,
+        "past defer_max the freer frees it itself"
+    );
     assert_eq!(core0.drain(), 8);
-    assert_eq!(pool.snapshot().cores[0].drain_batches[4], 1, "one batch of 8");
+    assert_eq!(
+        pool.snapshot().cores[0].drain_batches[4],
+        1,
+        "one batch of 8"
+    );
     drop(core0);
     pool.snapshot().check_balanced().unwrap();
 }
@@ -126,13 +152,16 @@ fn per_core_kicks_at_half_and_overflows_past_defer_max() {
 fn buffers_freed_after_their_core_thread_is_gone_are_not_lost() {
     for strategy in Strategy::ALL {
         let pool = pool(strategy);
-        let bufs: Vec<PoolBuf> = on_core_1(&pool, |pool, _| (0..10).map(|_| pool.alloc(300)).collect());
+        let bufs: Vec<PoolBuf> =
+            on_core_1(&pool, |pool, _| (0..10).map(|_| pool.alloc(300)).collect());
         assert_eq!(pool.snapshot().cores[1].outstanding, 10);
         let core0 = pool.register_current_thread(0).unwrap();
         drop(bufs);
         drop(core0);
         pool.drain_orphans();
-        pool.snapshot().check_balanced().unwrap_or_else(|e| panic!("{strategy}: {e}"));
+        pool.snapshot()
+            .check_balanced()
+            .unwrap_or_else(|e| panic!("{strategy}: {e}"));
     }
 }
 
@@ -149,7 +178,11 @@ fn per_conn_defers_until_the_connection_drains_or_closes() {
     assert_eq!(conn.drain(), 2, "receive work drains the connection's list");
     let two_more: Vec<PoolBuf> = bufs.by_ref().take(2).collect();
     drop(two_more);
-    assert_eq!(conn.pending(), 2, "even same-core frees wait for the connection");
+    assert_eq!(
+        conn.pending(),
+        2,
+        "even same-core frees wait for the connection"
+    );
     drop(conn); // close: drains
     let late: Vec<PoolBuf> = bufs.collect();
     on_core_1(&pool, move |_, _| drop(late)); // freed after the connection closed
@@ -157,7 +190,10 @@ fn per_conn_defers_until_the_connection_drains_or_closes() {
     let s = pool.snapshot();
     assert_eq!(s.total().deferred_frees, 4);
     assert_eq!(s.total().drained, 4);
-    assert_eq!(s.cores[1].local_frees, 2, "after close, like `local`: the freeing core keeps it");
+    assert_eq!(
+        s.cores[1].local_frees, 2,
+        "after close, like `local`: the freeing core keeps it"
+    );
     s.check_balanced().unwrap();
 }
 
@@ -200,16 +236,25 @@ fn large_and_unregistered_allocations_use_the_allocator_and_are_counted() {
 #[test]
 fn registration_is_one_thread_per_core_and_one_core_per_thread() {
     let pool = pool(Strategy::PerCore);
-    assert_eq!(pool.register_current_thread(5).unwrap_err(), RegisterError::NoSuchCore { core: 5, cores: 2 });
+    assert_eq!(
+        pool.register_current_thread(5).unwrap_err(),
+        RegisterError::NoSuchCore { core: 5, cores: 2 }
+    );
     let core0 = pool.register_current_thread(0).unwrap();
-    assert_eq!(pool.register_current_thread(1).unwrap_err(), RegisterError::ThreadRegistered);
+    assert_eq!(
+        pool.register_current_thread(1).unwrap_err(),
+        RegisterError::ThreadRegistered
+    );
     let other = pool.clone();
     let taken = thread::spawn(move || other.register_current_thread(0).map(|_| ()))
         .join()
         .unwrap();
     assert_eq!(taken, Err(RegisterError::CoreTaken { core: 0 }));
     drop(core0);
-    assert!(pool.register_current_thread(0).is_ok(), "free again once the owner left");
+    assert!(
+        pool.register_current_thread(0).is_ok(),
+        "free again once the owner left"
+    );
 }
 
 #[test]
@@ -219,7 +264,11 @@ fn bytes_views_free_through_the_strategy_when_the_last_clone_drops() {
     let bytes = pool.alloc_copy(b"key=value").into_bytes();
     let value = bytes.slice(4..);
     drop(bytes);
-    assert_eq!(pool.snapshot().cores[0].outstanding, 1, "a slice keeps the buffer alive");
+    assert_eq!(
+        pool.snapshot().cores[0].outstanding,
+        1,
+        "a slice keeps the buffer alive"
+    );
     on_core_1(&pool, move |_, _| {
         assert_eq!(&value[..], b"value");
         drop(value);

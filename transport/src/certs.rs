@@ -209,6 +209,9 @@ mod tests {
     #[test]
     fn a_bad_name_is_refused() {
         let err = DevCerts::generate(&["not a name!".to_owned()]).unwrap_err();
-        assert!(matches!(&err, TransportError::ServerName { name } if name == "not a name!"), "{err}");
+        assert!(
+            matches!(&err, TransportError::ServerName { name } if name == "not a name!"),
+            "{err}"
+        );
     }
 }
