@@ -25,12 +25,28 @@ fn cross(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("cross_thread_{threads}"));
         group.sample_size(20);
         for strategy in Strategy::ALL {
+            let mut last = None;
             group.bench_function(strategy.as_str(), |b| {
                 b.iter_custom(|iters| {
                     let pool = Pool::new(Config::new(strategy, threads));
-                    cross_thread(PoolSource(pool), threads, iters)
+                    let elapsed = cross_thread(PoolSource(pool.clone()), threads, iters);
+                    last = Some(pool.snapshot().total());
+                    elapsed
                 })
             });
+            // What the pool did in the last sample: hit rate and where frees went.
+            if let Some(t) = last {
+                eprintln!(
+                    "  {strategy} x{threads}: allocs {} hits {} misses {} | frees local {} deferred {} overflow {} | kicks {}",
+                    t.allocs,
+                    t.hits,
+                    t.misses,
+                    t.local_frees,
+                    t.deferred_frees,
+                    t.overflow_frees,
+                    t.kicks
+                );
+            }
         }
         group.bench_function("glibc", |b| {
             b.iter_custom(|iters| cross_thread(VecSource, threads, iters))

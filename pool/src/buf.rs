@@ -61,8 +61,8 @@ impl PoolBuf {
         }
     }
 
-    pub(crate) fn heap(len: usize, origin: Option<(Arc<Shared>, usize)>) -> Self {
-        let boxed: Box<[u8]> = vec![0u8; len].into_boxed_slice();
+    pub(crate) fn heap(boxed: Box<[u8]>, origin: Option<(Arc<Shared>, usize)>) -> Self {
+        let len = boxed.len();
         let ptr = NonNull::from(Box::leak(boxed)).cast::<u8>();
         Self {
             ptr,

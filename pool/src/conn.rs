@@ -63,7 +63,16 @@ impl ConnHandle {
     pub fn alloc(&self, len: usize) -> PoolBuf {
         let conn = (self.inner.shared.config.strategy == crate::Strategy::PerConn)
             .then(|| self.inner.clone());
-        self.inner.shared.alloc(len, conn)
+        self.inner.shared.alloc(len, crate::pool::Init::Zero, conn)
+    }
+
+    /// Like [`Self::alloc`], holding a copy of `data`.
+    pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
+        let conn = (self.inner.shared.config.strategy == crate::Strategy::PerConn)
+            .then(|| self.inner.clone());
+        self.inner
+            .shared
+            .alloc(data.len(), crate::pool::Init::Copy(data), conn)
     }
 
     /// Receive work: moves this connection's freed buffers to the calling core's free list.

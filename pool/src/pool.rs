@@ -5,7 +5,7 @@
 
 use std::{
     alloc::{self, Layout},
-    cell::{Cell, UnsafeCell as StdCell},
+    cell::{Cell, UnsafeCell as StdUnsafeCell},
     marker::PhantomData,
     ptr::{self, NonNull},
     sync::{
@@ -27,7 +27,7 @@ use crate::{
     class_of,
     conn::ConnShared,
     defer::{DeferList, Node, Pushed},
-    stats::{Counters, Snapshot, bump, drain_bucket},
+    stats::{Counters, Snapshot, Tally},
 };
 
 const CLASSES: usize = SIZE_CLASSES.len();
@@ -46,8 +46,9 @@ fn layout(class: usize) -> Layout {
 
 fn new_block(class: usize) -> NonNull<u8> {
     let layout = layout(class);
-    // SAFETY: the layout has a non-zero size. Zeroed, so the bytes handed out are initialised.
-    let ptr = unsafe { alloc::alloc_zeroed(layout) };
+    // SAFETY: the layout has a non-zero size. The bytes are uninitialised: `Shared::alloc`
+    // initialises the ones it hands out (zeroes or a copy) before any read.
+    let ptr = unsafe { alloc::alloc(layout) };
     NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout))
 }
 
@@ -62,7 +63,7 @@ struct CoreState {
     /// A thread has registered as this core (or `drain_orphans` holds it for a moment).
     owned: AtomicBool,
     /// Free lists. Only the owner touches them (see `CoreHandle`), so they need no lock.
-    lists: StdCell<Lists>,
+    lists: StdUnsafeCell<Lists>,
     defer: DeferList,
     waker: AtomicWaker,
     stats: Counters,
@@ -104,17 +105,28 @@ impl Shared {
         &self.cores[core].stats
     }
 
-    pub(crate) fn alloc(self: &Arc<Self>, len: usize, conn: Option<Arc<ConnShared>>) -> PoolBuf {
+    /// Where to count an event of `core` from this thread (`here`: its registered core).
+    fn tally(&self, core: usize, here: Option<usize>) -> Tally<'_> {
+        self.stats(core).tally(here == Some(core))
+    }
+
+    /// A buffer of `len` bytes, initialised by `init`.
+    pub(crate) fn alloc(
+        self: &Arc<Self>,
+        len: usize,
+        init: Init<'_>,
+        conn: Option<Arc<ConnShared>>,
+    ) -> PoolBuf {
+        debug_assert!(matches!(init, Init::Zero) || init.len() == len);
         let Some(core) = self.current_core() else {
             self.unregistered_allocs.fetch_add(1, Relaxed);
-            return PoolBuf::heap(len, None);
+            return PoolBuf::heap(init.to_boxed(len), None);
         };
-        let stats = self.stats(core);
-        bump(&stats.allocs);
-        stats.outstanding.fetch_add(1, Relaxed);
+        let stats = self.tally(core, Some(core));
+        stats.bump(|s| &s.allocs);
         let Some(class) = class_of(len) else {
-            bump(&stats.large_allocs);
-            return PoolBuf::heap(len, Some((self.clone(), core)));
+            stats.bump(|s| &s.large_allocs);
+            return PoolBuf::heap(init.to_boxed(len), Some((self.clone(), core)));
         };
         let size = SIZE_CLASSES[class] as i64;
         let cached = match self.config.strategy {
@@ -134,15 +146,24 @@ impl Shared {
         };
         let block = match cached {
             Some(block) => {
-                bump(&stats.hits);
-                stats.bytes_cached.fetch_sub(size, Relaxed);
+                stats.bump(|s| &s.hits);
+                stats.bytes(-size);
                 block
             }
             None => {
-                bump(&stats.misses);
+                stats.bump(|s| &s.misses);
                 new_block(class)
             }
         };
+        // SAFETY: the block holds at least SIZE_CLASSES[class] >= len bytes and is ours; after
+        // this every byte the buffer exposes is initialised (reused blocks may hold
+        // uninitialised bytes past an earlier, shorter copy, so they are set here too).
+        unsafe {
+            match init {
+                Init::Zero => ptr::write_bytes(block.as_ptr(), 0, len),
+                Init::Copy(data) => ptr::copy_nonoverlapping(data.as_ptr(), block.as_ptr(), len),
+            }
+        }
         PoolBuf::block(block, len, class, core, self.clone(), conn)
     }
 
@@ -162,14 +183,16 @@ impl Shared {
     unsafe fn cache_on(&self, core: usize, block: NonNull<u8>, class: usize) -> bool {
         let stats = self.stats(core);
         let size = SIZE_CLASSES[class] as i64;
-        let cached = stats.bytes_cached.load(Relaxed);
+        // Owner-written, plus whatever the global strategy's off-core frees added remotely.
+        let cached =
+            stats.owned.bytes_cached.load(Relaxed) + stats.remote.bytes_cached.load(Relaxed);
         if cached + size > self.config.cap_bytes_per_core as i64 {
             return false;
         }
         // SAFETY: forwarded contract.
         let lists = unsafe { self.lists_of_owner(core) };
         lists[class].push(block);
-        stats.bytes_cached.store(cached + size, Relaxed);
+        stats.tally(true).bytes(size);
         true
     }
 
@@ -184,7 +207,7 @@ impl Shared {
         origin: usize,
         conn: Option<&ConnShared>,
     ) {
-        self.stats(origin).outstanding.fetch_sub(1, Relaxed);
+        self.stats(origin).origin_frees.fetch_add(1, Relaxed);
         let here = self.current_core();
         let counted = here.unwrap_or(origin);
         match (self.config.strategy, here, conn) {
@@ -196,84 +219,97 @@ impl Shared {
                     global.lists[class].push(block);
                     global.bytes += size;
                     drop(global);
-                    let stats = self.stats(counted);
-                    bump(&stats.local_frees);
-                    stats.bytes_cached.fetch_add(size as i64, Relaxed);
+                    let stats = self.tally(counted, here);
+                    stats.bump(|s| &s.local_frees);
+                    stats.bytes(size as i64);
                 } else {
                     drop(global);
                     // SAFETY: the block is unused (contract).
-                    unsafe { self.overflow(block, class, counted) };
+                    unsafe { self.overflow(block, class, counted, here) };
                 }
             }
             (Strategy::PerConn, _, Some(conn)) if !conn.closed() => {
                 let node = write_node(block, class);
                 // SAFETY: the node was just written into our unused block.
                 match unsafe { conn.defer.try_push(node, self.config.defer_max) } {
-                    Pushed::Queued { .. } => bump(&self.stats(counted).deferred_frees),
+                    Pushed::Queued { .. } => self.tally(counted, here).bump(|s| &s.deferred_frees),
                     // SAFETY: refused, so the node is still ours.
-                    Pushed::Full => unsafe { self.overflow(take_node(node), class, counted) },
+                    Pushed::Full => unsafe { self.overflow(take_node(node), class, counted, here) },
                 }
             }
             (Strategy::PerCore, Some(core), _) if core != origin => {
                 // SAFETY: forwarded contract.
-                unsafe { self.defer_to(origin, block, class, core) }
+                unsafe { self.defer_to(origin, block, class, here) }
             }
             (Strategy::PerCore, None, _) => {
                 // SAFETY: forwarded contract.
-                unsafe { self.defer_to(origin, block, class, origin) }
+                unsafe { self.defer_to(origin, block, class, here) }
             }
             // Local, per-conn without a live connection, per-core on the origin core: the
             // freeing core's own list.
             (_, Some(core), _) => {
                 // SAFETY: `core` is this thread's registered core.
                 if unsafe { self.cache_on(core, block, class) } {
-                    bump(&self.stats(core).local_frees);
+                    self.tally(core, here).bump(|s| &s.local_frees);
                 } else {
                     // SAFETY: not cached, still ours.
-                    unsafe { self.overflow(block, class, core) };
+                    unsafe { self.overflow(block, class, core, here) };
                 }
             }
             // A thread that is no core of this pool has no list to keep it on.
             (_, None, _) => {
                 // SAFETY: forwarded contract.
-                unsafe { self.overflow(block, class, counted) }
+                unsafe { self.overflow(block, class, counted, here) }
             }
         }
     }
 
     /// # Safety
     /// `block` is an unused block of `class`.
-    unsafe fn overflow(&self, block: NonNull<u8>, class: usize, counted: usize) {
+    unsafe fn overflow(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        counted: usize,
+        here: Option<usize>,
+    ) {
         // SAFETY: forwarded contract.
         unsafe { free_block(block, class) };
-        bump(&self.stats(counted).overflow_frees);
+        self.tally(counted, here).bump(|s| &s.overflow_frees);
     }
 
     /// A free on another core than the origin: push on the origin's defer list.
     ///
     /// # Safety
     /// `block` is an unused block of `class` with `origin` as origin core.
-    unsafe fn defer_to(&self, origin: usize, block: NonNull<u8>, class: usize, counted: usize) {
+    unsafe fn defer_to(
+        &self,
+        origin: usize,
+        block: NonNull<u8>,
+        class: usize,
+        here: Option<usize>,
+    ) {
+        let counted = here.unwrap_or(origin);
         let target = &self.cores[origin];
         if !target.owned.load(Acquire) {
             // Nobody would drain it: the origin's thread is gone.
             // SAFETY: forwarded contract.
-            return unsafe { self.overflow(block, class, counted) };
+            return unsafe { self.overflow(block, class, counted, here) };
         }
         let node = write_node(block, class);
         // SAFETY: the node was just written into our unused block.
         match unsafe { target.defer.try_push(node, self.config.defer_max) } {
             Pushed::Queued { len } => {
-                bump(&self.stats(counted).deferred_frees);
+                self.tally(counted, here).bump(|s| &s.deferred_frees);
                 // Kick once, when the list crosses half full (the kernel sends its IPI there).
                 if len == (self.config.defer_max / 2).max(1) {
-                    bump(&target.stats.kicks);
+                    target.stats.tally(false).bump(|s| &s.kicks);
                     target.waker.wake();
                 }
             }
             // Past defer_max the freer frees it itself.
             // SAFETY: refused, so the node is still ours.
-            Pushed::Full => unsafe { self.overflow(take_node(node), class, counted) },
+            Pushed::Full => unsafe { self.overflow(take_node(node), class, counted, here) },
         }
     }
 
@@ -283,7 +319,8 @@ impl Shared {
     /// The calling thread owns `core` (as for `lists_of_owner`).
     unsafe fn drain_core(&self, core: usize) -> usize {
         let state = &self.cores[core];
-        let stats = &state.stats;
+        // The owner (or the holder of the core's claim) drains: owner-side counters.
+        let stats = state.stats.tally(true);
         let mut n = 0;
         for (node, class) in state.defer.take_all() {
             let block = take_node(node);
@@ -292,19 +329,19 @@ impl Shared {
             if !unsafe { self.cache_on(core, block, class) } {
                 // SAFETY: not cached, still ours.
                 unsafe { free_block(block, class) };
-                bump(&stats.drain_trimmed);
+                stats.bump(|s| &s.drain_trimmed);
             }
         }
-        stats.drained.fetch_add(n as u64, Relaxed);
-        bump(&stats.drain_calls);
-        bump(&stats.drain_batches[drain_bucket(n)]);
+        stats.add(|s| &s.drained, n as u64);
+        stats.bump(|s| &s.drain_calls);
+        stats.drain_batch(n);
         n
     }
 
     /// Drains deferred buffers of a connection into the calling thread's core (or frees them).
     pub(crate) fn drain_conn(&self, list: &DeferList, conn_core: usize) -> usize {
         let here = self.current_core();
-        let stats = self.stats(here.unwrap_or(conn_core));
+        let stats = self.tally(here.unwrap_or(conn_core), here);
         let mut n = 0;
         for (node, class) in list.take_all() {
             let block = take_node(node);
@@ -317,19 +354,43 @@ impl Shared {
             if !cached {
                 // SAFETY: not cached, still ours.
                 unsafe { free_block(block, class) };
-                bump(&stats.drain_trimmed);
+                stats.bump(|s| &s.drain_trimmed);
             }
         }
-        stats.drained.fetch_add(n as u64, Relaxed);
-        bump(&stats.drain_calls);
-        bump(&stats.drain_batches[drain_bucket(n)]);
+        stats.add(|s| &s.drained, n as u64);
+        stats.bump(|s| &s.drain_calls);
+        stats.drain_batch(n);
         n
     }
 
     pub(crate) fn count_heap_free(&self, origin: usize) {
-        let stats = self.stats(origin);
-        stats.outstanding.fetch_sub(1, Relaxed);
-        bump(&stats.overflow_frees);
+        let here = self.current_core();
+        self.stats(origin).origin_frees.fetch_add(1, Relaxed);
+        self.tally(here.unwrap_or(origin), here)
+            .bump(|s| &s.overflow_frees);
+    }
+}
+
+/// How a new buffer's bytes are initialised.
+#[derive(Clone, Copy)]
+pub(crate) enum Init<'a> {
+    Zero,
+    Copy(&'a [u8]),
+}
+
+impl Init<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Zero => 0,
+            Self::Copy(data) => data.len(),
+        }
+    }
+
+    fn to_boxed(self, len: usize) -> Box<[u8]> {
+        match self {
+            Self::Zero => vec![0; len].into_boxed_slice(),
+            Self::Copy(data) => data.into(),
+        }
     }
 }
 
@@ -429,7 +490,7 @@ impl Pool {
                 .map(|_| {
                     CachePadded::new(CoreState {
                         owned: AtomicBool::new(false),
-                        lists: StdCell::new(Default::default()),
+                        lists: StdUnsafeCell::new(Default::default()),
                         defer: DeferList::new(),
                         waker: AtomicWaker::new(),
                         stats: Counters::default(),
@@ -478,14 +539,12 @@ impl Pool {
     /// A buffer of `len` bytes from the calling thread's core (its free list, else the
     /// allocator). On a thread that is no core of this pool, a plain heap buffer.
     pub fn alloc(&self, len: usize) -> PoolBuf {
-        self.shared.alloc(len, None)
+        self.shared.alloc(len, Init::Zero, None)
     }
 
-    /// A buffer holding a copy of `data`.
+    /// A buffer holding a copy of `data` (one copy: the block is not zeroed first).
     pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
-        let mut buf = self.alloc(data.len());
-        buf.copy_from_slice(data);
-        buf
+        self.shared.alloc(data.len(), Init::Copy(data), None)
     }
 
     /// A connection's handle, for the `per-conn` strategy (other strategies ignore it).

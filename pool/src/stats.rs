@@ -3,11 +3,16 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crossbeam_utils::CachePadded;
+
 /// Drain batch-size buckets: 0, 1, 2-3, 4-7, ... 64-127, 128 and more.
 pub const DRAIN_BUCKETS: usize = 9;
 
+/// Event counters, one set written only by the core's owner thread (plain load + store: no
+/// locked instruction on the hot path) and one written by any other thread (`fetch_add`).
+/// Mixing the two styles on one atomic would lose updates, hence two sets, summed on read.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub(crate) struct CounterSet {
     pub(crate) allocs: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
@@ -21,11 +26,65 @@ pub(crate) struct Counters {
     pub(crate) drain_batches: [AtomicU64; DRAIN_BUCKETS],
     pub(crate) kicks: AtomicU64,
     pub(crate) bytes_cached: AtomicI64,
-    pub(crate) outstanding: AtomicI64,
 }
 
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) owned: CounterSet,
+    /// On its own cache line: other cores write here, the owner should not pay for it.
+    pub(crate) remote: CachePadded<CounterSet>,
+    /// Frees (from any thread) of buffers this core allocated: outstanding = allocs - this.
+    pub(crate) origin_frees: CachePadded<AtomicU64>,
+}
+
+impl Counters {
+    /// Where the calling thread counts: `owner` only on the core's owner thread (or a thread
+    /// holding its claim); every other thread counts in the `remote` set.
+    pub(crate) fn tally(&self, owner: bool) -> Tally<'_> {
+        Tally {
+            set: if owner { &self.owned } else { &self.remote },
+            owner,
+        }
+    }
+}
+
+/// A counter set chosen for the calling thread (see [`Counters::tally`]).
+pub(crate) struct Tally<'a> {
+    set: &'a CounterSet,
+    owner: bool,
+}
+
+impl Tally<'_> {
+    pub(crate) fn add(&self, counter: fn(&CounterSet) -> &AtomicU64, n: u64) {
+        let c = counter(self.set);
+        if self.owner {
+            c.store(c.load(Relaxed) + n, Relaxed);
+        } else {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn bump(&self, counter: fn(&CounterSet) -> &AtomicU64) {
+        self.add(counter, 1);
+    }
+
+    pub(crate) fn drain_batch(&self, n: usize) {
+        let c = &self.set.drain_batches[drain_bucket(n)];
+        if self.owner {
+            c.store(c.load(Relaxed) + 1, Relaxed);
+        } else {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn bytes(&self, n: i64) {
+        let c = &self.set.bytes_cached;
+        if self.owner {
+            c.store(c.load(Relaxed) + n, Relaxed);
+        } else {
+            c.fetch_add(n, Relaxed);
+        }
+    }
 }
 
 /// Bucket of a drain batch of `n` buffers.
@@ -72,21 +131,26 @@ pub struct CoreStats {
 
 impl Counters {
     pub(crate) fn snapshot(&self) -> CoreStats {
+        let (a, b) = (&self.owned, &*self.remote);
+        let sum = |f: fn(&CounterSet) -> &AtomicU64| f(a).load(Relaxed) + f(b).load(Relaxed);
+        let allocs = sum(|s| &s.allocs);
         CoreStats {
-            allocs: self.allocs.load(Relaxed),
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            large_allocs: self.large_allocs.load(Relaxed),
-            local_frees: self.local_frees.load(Relaxed),
-            deferred_frees: self.deferred_frees.load(Relaxed),
-            overflow_frees: self.overflow_frees.load(Relaxed),
-            drained: self.drained.load(Relaxed),
-            drain_trimmed: self.drain_trimmed.load(Relaxed),
-            drain_calls: self.drain_calls.load(Relaxed),
-            drain_batches: std::array::from_fn(|i| self.drain_batches[i].load(Relaxed)),
-            kicks: self.kicks.load(Relaxed),
-            bytes_cached: self.bytes_cached.load(Relaxed),
-            outstanding: self.outstanding.load(Relaxed),
+            allocs,
+            hits: sum(|s| &s.hits),
+            misses: sum(|s| &s.misses),
+            large_allocs: sum(|s| &s.large_allocs),
+            local_frees: sum(|s| &s.local_frees),
+            deferred_frees: sum(|s| &s.deferred_frees),
+            overflow_frees: sum(|s| &s.overflow_frees),
+            drained: sum(|s| &s.drained),
+            drain_trimmed: sum(|s| &s.drain_trimmed),
+            drain_calls: sum(|s| &s.drain_calls),
+            drain_batches: std::array::from_fn(|i| {
+                a.drain_batches[i].load(Relaxed) + b.drain_batches[i].load(Relaxed)
+            }),
+            kicks: sum(|s| &s.kicks),
+            bytes_cached: a.bytes_cached.load(Relaxed) + b.bytes_cached.load(Relaxed),
+            outstanding: allocs as i64 - self.origin_frees.load(Relaxed) as i64,
         }
     }
 }
