@@ -28,7 +28,13 @@ fn cross(c: &mut Criterion) {
             let mut last = None;
             group.bench_function(strategy.as_str(), |b| {
                 b.iter_custom(|iters| {
-                    let pool = Pool::new(Config::new(strategy, threads));
+                    // defer_max 128 (the kernel's later default): a consumer frees a whole
+                    // 64-buffer batch in one burst, which a 64-entry list cannot absorb while
+                    // the owner is still busy (the run with 64 overflowed about 30%).
+                    let pool = Pool::new(Config {
+                        defer_max: 128,
+                        ..Config::new(strategy, threads)
+                    });
                     let elapsed = cross_thread(PoolSource(pool.clone()), threads, iters);
                     last = Some(pool.snapshot().total());
                     elapsed

@@ -207,8 +207,8 @@ impl Shared {
         origin: usize,
         conn: Option<&ConnShared>,
     ) {
-        self.stats(origin).origin_frees.fetch_add(1, Relaxed);
         let here = self.current_core();
+        self.tally(origin, here).bump(|s| &s.origin_frees);
         let counted = here.unwrap_or(origin);
         match (self.config.strategy, here, conn) {
             (Strategy::Global, _, _) => {
@@ -365,7 +365,7 @@ impl Shared {
 
     pub(crate) fn count_heap_free(&self, origin: usize) {
         let here = self.current_core();
-        self.stats(origin).origin_frees.fetch_add(1, Relaxed);
+        self.tally(origin, here).bump(|s| &s.origin_frees);
         self.tally(here.unwrap_or(origin), here)
             .bump(|s| &s.overflow_frees);
     }

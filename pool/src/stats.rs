@@ -26,6 +26,8 @@ pub(crate) struct CounterSet {
     pub(crate) drain_batches: [AtomicU64; DRAIN_BUCKETS],
     pub(crate) kicks: AtomicU64,
     pub(crate) bytes_cached: AtomicI64,
+    /// Frees of buffers this core allocated (counted by whoever frees them).
+    pub(crate) origin_frees: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -33,8 +35,6 @@ pub(crate) struct Counters {
     pub(crate) owned: CounterSet,
     /// On its own cache line: other cores write here, the owner should not pay for it.
     pub(crate) remote: CachePadded<CounterSet>,
-    /// Frees (from any thread) of buffers this core allocated: outstanding = allocs - this.
-    pub(crate) origin_frees: CachePadded<AtomicU64>,
 }
 
 impl Counters {
@@ -150,7 +150,7 @@ impl Counters {
             }),
             kicks: sum(|s| &s.kicks),
             bytes_cached: a.bytes_cached.load(Relaxed) + b.bytes_cached.load(Relaxed),
-            outstanding: allocs as i64 - self.origin_frees.load(Relaxed) as i64,
+            outstanding: allocs as i64 - sum(|s| &s.origin_frees) as i64,
         }
     }
 }

@@ -278,3 +278,21 @@ fn bytes_views_free_through_the_strategy_when_the_last_clone_drops() {
     drop(core0);
     pool.snapshot().check_balanced().unwrap();
 }
+
+#[test]
+fn reused_blocks_expose_only_initialised_bytes() {
+    let pool = pool(Strategy::Local);
+    let _core = pool.register_current_thread(0).unwrap();
+    drop(pool.alloc_copy(&[0xab; 100]));
+    let zeroed = pool.alloc(300); // the 1 KiB class: a fresh block
+    assert!(zeroed.iter().all(|&b| b == 0));
+    drop(zeroed);
+    drop(pool.alloc_copy(&[0xcd; 200])); // 256-byte class, reused
+    let again = pool.alloc(250);
+    assert!(
+        again.iter().all(|&b| b == 0),
+        "alloc zeroes what it exposes, even on reuse"
+    );
+    let copy = pool.alloc_copy(b"fresh");
+    assert_eq!(&copy[..], b"fresh");
+}

@@ -48,7 +48,7 @@ pub trait Source: Send + Sync {
     /// Called once on each thread before it starts (registers pool cores).
     type Guard;
     fn enter(&self, core: usize) -> Self::Guard;
-    fn alloc(&self) -> Self::Buf;
+    fn alloc_on(&self, guard: &Self::Guard) -> Self::Buf;
     /// End of a producer's batch (the pool's drain point).
     fn end_of_batch(&self, _guard: &Self::Guard) {}
 }
@@ -56,22 +56,63 @@ pub trait Source: Send + Sync {
 #[derive(Debug)]
 pub struct PoolSource(pub Pool);
 
+/// A core as a runtime drives it: drains at the end of each batch, and also as soon as a kick
+/// arrives (the waker the core registered sets `kicked`; a runtime would be woken from park).
+#[derive(Debug)]
+pub struct PoolCore {
+    handle: Option<krpc_pool::CoreHandle>,
+    /// The producer's connection: under `per-conn` its frees wait on this connection's list.
+    conn: krpc_pool::ConnHandle,
+    kicked: std::sync::Arc<Kicked>,
+}
+
+#[derive(Debug, Default)]
+pub struct Kicked(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Kicked {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Source for PoolSource {
     type Buf = krpc_pool::PoolBuf;
-    type Guard = Option<krpc_pool::CoreHandle>;
+    type Guard = PoolCore;
 
-    fn enter(&self, core: usize) -> Self::Guard {
-        self.0.register_current_thread(core).ok()
-    }
-
-    fn alloc(&self) -> Self::Buf {
-        self.0.alloc_copy(&MESSAGE)
-    }
-
-    fn end_of_batch(&self, guard: &Self::Guard) {
-        if let Some(core) = guard {
-            core.drain();
+    fn enter(&self, core: usize) -> PoolCore {
+        let handle = self.0.register_current_thread(core).ok();
+        let kicked = std::sync::Arc::new(Kicked::default());
+        if let Some(h) = &handle {
+            h.register_waker(&std::task::Waker::from(kicked.clone()));
         }
+        let conn = self.0.conn();
+        PoolCore {
+            handle,
+            conn,
+            kicked,
+        }
+    }
+
+    fn alloc_on(&self, core: &PoolCore) -> Self::Buf {
+        if core.kicked.0.load(std::sync::atomic::Ordering::Relaxed)
+            && core
+                .kicked
+                .0
+                .swap(false, std::sync::atomic::Ordering::Acquire)
+        {
+            if let Some(h) = &core.handle {
+                h.drain();
+            }
+        }
+        core.conn.alloc_copy(&MESSAGE)
+    }
+
+    /// The end of a receive batch: the core drains its defer list, the connection its own.
+    fn end_of_batch(&self, core: &PoolCore) {
+        if let Some(h) = &core.handle {
+            h.drain();
+        }
+        core.conn.drain();
     }
 }
 
@@ -84,7 +125,7 @@ impl Source for VecSource {
 
     fn enter(&self, _core: usize) {}
 
-    fn alloc(&self) -> Vec<u8> {
+    fn alloc_on(&self, _: &()) -> Vec<u8> {
         MESSAGE.to_vec()
     }
 }
@@ -107,7 +148,7 @@ pub fn cross_thread<S: Source + 'static>(source: S, threads: usize, iters: u64) 
             let mut left = iters;
             while left > 0 {
                 let n = left.min(BATCH as u64);
-                let batch: Vec<S::Buf> = (0..n).map(|_| s.alloc()).collect();
+                let batch: Vec<S::Buf> = (0..n).map(|_| s.alloc_on(&guard)).collect();
                 left -= n;
                 if tx.send(batch).is_err() {
                     break;
