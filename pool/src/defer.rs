@@ -153,10 +153,8 @@ mod tests {
         let list = DeferList::new();
         for i in 0..3 {
             // SAFETY: fresh node, owned by us.
-            assert_eq!(
-                unsafe { list.try_push(boxed(i), 3) },
-                Pushed::Queued { len: i + 1 }
-            );
+            let pushed = unsafe { list.try_push(boxed(i), 3) };
+            assert_eq!(pushed, Pushed::Queued { len: i + 1 });
         }
         let extra = boxed(99);
         // SAFETY: fresh node; refused, so still ours.

@@ -2,7 +2,7 @@
 //! pattern (producers allocate, consumers on other threads free), with the pool or with plain
 //! `Vec<u8>` from the global allocator (glibc here, mimalloc in `pool_mimalloc`).
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)] // shared by two bench binaries, each using part of it
 
 use std::{
     hint::black_box,
