@@ -51,6 +51,8 @@ pub trait Source: Send + Sync {
     fn alloc_on(&self, guard: &Self::Guard) -> Self::Buf;
     /// End of a producer's batch (the pool's drain point).
     fn end_of_batch(&self, _guard: &Self::Guard) {}
+    /// Called while a producer waits for room in the channel.
+    fn while_parked(&self, _guard: &Self::Guard) {}
 }
 
 #[derive(Debug)]
@@ -150,8 +152,19 @@ pub fn cross_thread<S: Source + 'static>(source: S, threads: usize, iters: u64) 
                 let n = left.min(BATCH as u64);
                 let batch: Vec<S::Buf> = (0..n).map(|_| s.alloc_on(&guard)).collect();
                 left -= n;
-                if tx.send(batch).is_err() {
-                    break;
+                // A full channel is a parked runtime: it still answers kicks (drains), as a
+                // runtime woken from park would, instead of sleeping through them.
+                let mut batch = batch;
+                loop {
+                    match tx.try_send(batch) {
+                        Ok(()) => break,
+                        Err(mpsc::TrySendError::Full(back)) => {
+                            batch = back;
+                            s.while_parked(&guard);
+                            thread::yield_now();
+                        }
+                        Err(mpsc::TrySendError::Disconnected(_)) => return,
+                    }
                 }
                 s.end_of_batch(&guard);
             }
