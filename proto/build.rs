@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `bytes` fields as `bytes::Bytes`: zero-copy slices of the received buffer.
         .bytes(".krpc.v1")
+        // Requests decode through the pooled codec (src/codec.rs).
+        .codec_path("crate::codec::PooledCodec")
         .compile_fds(fds)?;
     Ok(())
 }

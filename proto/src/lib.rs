@@ -3,6 +3,8 @@
 
 #![allow(unreachable_pub, missing_debug_implementations)] // generated code
 
+pub mod codec;
+
 /// Generated messages, client and server for package `krpc.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]
