@@ -66,10 +66,13 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Probes the kernel (when TLS is on), resolves the mode and builds the connector.
     pub fn connector(&self) -> Result<Connector, ClientError> {
-        let ktls = if self.tls == TlsMode::Off {
-            KtlsSupport::unavailable("not probed (--tls off)")
-        } else {
-            KtlsSupport::probe()
+        // Only ktls and auto depend on the kernel; a client start need not pay for the probe
+        // (three loopback connections) otherwise.
+        let ktls = match self.tls {
+            TlsMode::Ktls | TlsMode::Auto => KtlsSupport::probe(),
+            TlsMode::Off | TlsMode::Rustls => {
+                KtlsSupport::unavailable(format!("not probed (--tls {})", self.tls))
+            }
         };
         self.connector_with(&ktls)
     }

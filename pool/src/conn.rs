@@ -8,7 +8,11 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use crate::{PoolBuf, defer::DeferList, pool::Shared};
+use crate::{
+    PoolBuf,
+    defer::DeferList,
+    pool::{Init, Shared},
+};
 
 pub(crate) struct ConnShared {
     pub(crate) defer: DeferList,
@@ -61,18 +65,21 @@ impl ConnHandle {
 
     /// A buffer that, under `per-conn`, is freed onto this connection's defer list.
     pub fn alloc(&self, len: usize) -> PoolBuf {
-        let conn = (self.inner.shared.config.strategy == crate::Strategy::PerConn)
-            .then(|| self.inner.clone());
-        self.inner.shared.alloc(len, crate::pool::Init::Zero, conn)
+        self.inner
+            .shared
+            .alloc(len, Init::Zero, self.owner_for_frees())
     }
 
     /// Like [`Self::alloc`], holding a copy of `data`.
     pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
-        let conn = (self.inner.shared.config.strategy == crate::Strategy::PerConn)
-            .then(|| self.inner.clone());
         self.inner
             .shared
-            .alloc(data.len(), crate::pool::Init::Copy(data), conn)
+            .alloc(data.len(), Init::Copy(data), self.owner_for_frees())
+    }
+
+    /// Only `per-conn` buffers remember their connection; the others never touch its list.
+    fn owner_for_frees(&self) -> Option<Arc<ConnShared>> {
+        (self.inner.shared.config.strategy == crate::Strategy::PerConn).then(|| self.inner.clone())
     }
 
     /// Receive work: moves this connection's freed buffers to the calling core's free list.

@@ -318,36 +318,32 @@ impl Shared {
     /// # Safety
     /// The calling thread owns `core` (as for `lists_of_owner`).
     unsafe fn drain_core(&self, core: usize) -> usize {
-        let state = &self.cores[core];
         // The owner (or the holder of the core's claim) drains: owner-side counters.
-        let stats = state.stats.tally(true);
-        let mut n = 0;
-        for (node, class) in state.defer.take_all() {
-            let block = take_node(node);
-            n += 1;
-            // SAFETY: we own `core` (contract) and the block (taken off the list).
-            if !unsafe { self.cache_on(core, block, class) } {
-                // SAFETY: not cached, still ours.
-                unsafe { free_block(block, class) };
-                stats.bump(|s| &s.drain_trimmed);
-            }
-        }
-        stats.add(|s| &s.drained, n as u64);
-        stats.bump(|s| &s.drain_calls);
-        stats.drain_batch(n);
-        n
+        let stats = self.stats(core).tally(true);
+        // SAFETY: forwarded contract.
+        unsafe { self.drain_list(&self.cores[core].defer, Some(core), stats) }
     }
 
     /// Drains deferred buffers of a connection into the calling thread's core (or frees them).
     pub(crate) fn drain_conn(&self, list: &DeferList, conn_core: usize) -> usize {
         let here = self.current_core();
         let stats = self.tally(here.unwrap_or(conn_core), here);
+        // SAFETY: `here` is this thread's registered core, if any: it owns that core's lists.
+        unsafe { self.drain_list(list, here, stats) }
+    }
+
+    /// Takes everything off `list` and caches it on `into` (to the allocator when the cap is
+    /// reached or there is no core), counting the batch in `stats`.
+    ///
+    /// # Safety
+    /// When `into` is `Some(core)`, the calling thread owns `core` (as for `lists_of_owner`).
+    unsafe fn drain_list(&self, list: &DeferList, into: Option<usize>, stats: Tally<'_>) -> usize {
         let mut n = 0;
         for (node, class) in list.take_all() {
             let block = take_node(node);
             n += 1;
-            let cached = match here {
-                // SAFETY: `core` is this thread's registered core; the block is ours.
+            let cached = match into {
+                // SAFETY: we own `core` (contract) and the block (taken off the list).
                 Some(core) => unsafe { self.cache_on(core, block, class) },
                 None => false,
             };

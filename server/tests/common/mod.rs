@@ -46,6 +46,7 @@ impl TestServer {
     pub fn start(opts: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = DevCerts::generate(&[]).unwrap().write(dir.path()).unwrap();
+        let ktls = KtlsSupport::probe();
         let acceptor = match opts.tls {
             TlsPath::Off => Acceptor::plaintext(),
             path => {
@@ -70,7 +71,7 @@ impl TestServer {
                     TlsPath::Rustls => TlsMode::Rustls,
                     TlsPath::Ktls => TlsMode::Ktls,
                 },
-                ktls: KtlsSupport::probe(),
+                ktls,
             },
             acceptor,
         );
