@@ -20,7 +20,9 @@ use std::{fmt, str::FromStr};
 pub use buf::PoolBuf;
 pub use conn::ConnHandle;
 pub use pool::{CoreHandle, Pool, RegisterError};
-pub use stats::{CoreStats, DRAIN_BUCKETS, Snapshot};
+pub use stats::{
+    CoreStats, DRAIN_BUCKETS, FREE_NS_BUCKETS, FREE_SAMPLE_EVERY, Snapshot, free_ns_bound,
+};
 
 /// Size classes (bytes). Requests above the last one go to the allocator.
 pub const SIZE_CLASSES: [usize; 5] = [256, 1024, 4096, 16 * 1024, 64 * 1024];

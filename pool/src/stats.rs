@@ -8,6 +8,18 @@ use crossbeam_utils::CachePadded;
 /// Drain batch-size buckets: 0, 1, 2-3, 4-7, ... 64-127, 128 and more.
 pub const DRAIN_BUCKETS: usize = 9;
 
+/// Free-path duration buckets (sampled frees): upper bounds 2^4 ns (16 ns) up to 2^19 ns
+/// (524 µs), and one for anything longer.
+pub const FREE_NS_BUCKETS: usize = 17;
+
+/// Upper bound in nanoseconds of free-duration bucket `i` (`None`: the overflow bucket).
+pub fn free_ns_bound(i: usize) -> Option<u64> {
+    (i + 1 < FREE_NS_BUCKETS).then(|| 1u64 << (i + 4))
+}
+
+/// One free in this many (per thread) is timed.
+pub const FREE_SAMPLE_EVERY: u32 = 64;
+
 /// Event counters, one set written only by the core's owner thread (plain load + store: no
 /// locked instruction on the hot path) and one written by any other thread (`fetch_add`).
 /// Mixing the two styles on one atomic would lose updates, hence two sets, summed on read.
@@ -26,6 +38,8 @@ pub(crate) struct CounterSet {
     pub(crate) drain_batches: [AtomicU64; DRAIN_BUCKETS],
     pub(crate) kicks: AtomicU64,
     pub(crate) bytes_cached: AtomicI64,
+    pub(crate) free_ns_buckets: [AtomicU64; FREE_NS_BUCKETS],
+    pub(crate) free_ns_sum: AtomicU64,
     /// Frees of buffers this core allocated (counted by whoever frees them).
     pub(crate) origin_frees: AtomicU64,
 }
@@ -77,6 +91,21 @@ impl Tally<'_> {
         }
     }
 
+    /// One timed free of `ns` nanoseconds.
+    pub(crate) fn free_sample(&self, ns: u64) {
+        let bucket = (0..FREE_NS_BUCKETS)
+            .find(|&i| free_ns_bound(i).is_none_or(|b| ns <= b))
+            .unwrap_or(FREE_NS_BUCKETS - 1);
+        let (c, sum) = (&self.set.free_ns_buckets[bucket], &self.set.free_ns_sum);
+        if self.owner {
+            c.store(c.load(Relaxed) + 1, Relaxed);
+            sum.store(sum.load(Relaxed) + ns, Relaxed);
+        } else {
+            c.fetch_add(1, Relaxed);
+            sum.fetch_add(ns, Relaxed);
+        }
+    }
+
     pub(crate) fn bytes(&self, n: i64) {
         let c = &self.set.bytes_cached;
         if self.owner {
@@ -125,6 +154,11 @@ pub struct CoreStats {
     pub kicks: u64,
     /// Bytes held in this core's free lists.
     pub bytes_cached: i64,
+    /// Timed frees (one in [`FREE_SAMPLE_EVERY`] per thread) by duration, counted on the
+    /// freeing core: bucket `i` holds frees of at most [`free_ns_bound`]`(i)` ns.
+    pub free_ns_buckets: [u64; FREE_NS_BUCKETS],
+    /// Sum of the timed frees' durations, nanoseconds.
+    pub free_ns_sum: u64,
     /// Buffers allocated on this core and not yet freed.
     pub outstanding: i64,
 }
@@ -150,6 +184,10 @@ impl Counters {
             }),
             kicks: sum(|s| &s.kicks),
             bytes_cached: a.bytes_cached.load(Relaxed) + b.bytes_cached.load(Relaxed),
+            free_ns_buckets: std::array::from_fn(|i| {
+                a.free_ns_buckets[i].load(Relaxed) + b.free_ns_buckets[i].load(Relaxed)
+            }),
+            free_ns_sum: sum(|s| &s.free_ns_sum),
             outstanding: allocs as i64 - sum(|s| &s.origin_frees) as i64,
         }
     }
@@ -183,6 +221,10 @@ impl Snapshot {
             }
             t.kicks += c.kicks;
             t.bytes_cached += c.bytes_cached;
+            for (a, b) in t.free_ns_buckets.iter_mut().zip(c.free_ns_buckets) {
+                *a += b;
+            }
+            t.free_ns_sum += c.free_ns_sum;
             t.outstanding += c.outstanding;
         }
         t
@@ -229,5 +271,22 @@ mod tests {
             .map(drain_bucket)
             .collect();
         assert_eq!(got, vec![0, 1, 2, 2, 3, 3, 4, 7, 7, 8, 8]);
+    }
+
+    #[test]
+    fn free_samples_land_in_log2_buckets() {
+        let c = Counters::default();
+        for ns in [1, 16, 17, 1000, 1 << 19, (1 << 19) + 1, u64::MAX / 4] {
+            c.tally(true).free_sample(ns);
+        }
+        let s = c.snapshot();
+        // 1 and 16 -> <=16; 17 -> <=32; 1000 -> <=1024; 2^19 -> last bounded; the rest overflow.
+        assert_eq!(s.free_ns_buckets[0], 2);
+        assert_eq!(s.free_ns_buckets[1], 1);
+        assert_eq!(s.free_ns_buckets[6], 1);
+        assert_eq!(s.free_ns_buckets[15], 1);
+        assert_eq!(s.free_ns_buckets[16], 2);
+        assert_eq!(free_ns_bound(15), Some(1 << 19));
+        assert_eq!(free_ns_bound(16), None);
     }
 }

@@ -296,3 +296,20 @@ fn reused_blocks_expose_only_initialised_bytes() {
     let copy = pool.alloc_copy(b"fresh");
     assert_eq!(&copy[..], b"fresh");
 }
+
+#[test]
+fn one_free_in_sample_every_is_timed_on_the_freeing_core() {
+    let pool = pool(Strategy::PerCore);
+    let n = 10 * krpc_pool::FREE_SAMPLE_EVERY as usize;
+    // A fresh thread: its sampling counter starts at zero.
+    let snap = on_core_1(&pool, move |pool, _| {
+        for _ in 0..n {
+            drop(pool.alloc(64));
+        }
+        pool.snapshot()
+    });
+    let timed: u64 = snap.cores[1].free_ns_buckets.iter().sum();
+    assert_eq!(timed, 10);
+    assert!(snap.cores[1].free_ns_sum > 0);
+    assert_eq!(snap.cores[0].free_ns_buckets.iter().sum::<u64>(), 0);
+}

@@ -1,12 +1,17 @@
 //! The pooled codec: each request message is copied once into a buffer from the current core's
 //! pool (`krpc-pool`), and prost decodes `bytes` fields as zero-copy slices of that buffer, so
 //! the buffer is freed, by the pool's strategy, wherever the last slice is dropped. Responses
-//! use tonic-prost's encoder. Until a pool is installed, decoding is plain prost.
+//! use tonic-prost's encoder.
+//!
+//! Which pool (and, under `per-conn`, which connection) a decode uses is a [`DecodeCtx`] that
+//! the server scopes around each request's future and response body ([`DecodeCtx::scope`],
+//! [`DecodeCtx::sync_scope`]): several servers, each with its own pool, can share a process.
+//! Outside any scope, decoding is plain prost.
 
-use std::{marker::PhantomData, sync::OnceLock};
+use std::{future::Future, marker::PhantomData, sync::Arc};
 
 use bytes::Buf;
-use krpc_pool::Pool;
+use krpc_pool::{ConnHandle, Pool};
 use prost::Message;
 use tonic::{
     Status,
@@ -14,17 +19,31 @@ use tonic::{
 };
 use tonic_prost::ProstEncoder;
 
-static POOL: OnceLock<Pool> = OnceLock::new();
-
-/// Makes every pooled decoder in this process take its buffers from `pool`. Returns false (and
-/// changes nothing) when a pool is already installed.
-pub fn install_pool(pool: Pool) -> bool {
-    POOL.set(pool).is_ok()
+/// Where the pooled decoder takes its buffers from.
+#[derive(Clone, Debug)]
+pub enum DecodeCtx {
+    /// The calling thread's core of this pool.
+    Pool(Pool),
+    /// This connection's handle (`per-conn`): its defer list is drained before each decode,
+    /// the receive work of the connection.
+    Conn(Arc<ConnHandle>),
 }
 
-/// The installed pool, if any.
-pub fn installed_pool() -> Option<&'static Pool> {
-    POOL.get()
+tokio::task_local! {
+    static DECODE_CTX: DecodeCtx;
+}
+
+impl DecodeCtx {
+    /// Runs `fut` with this context for every pooled decode it does.
+    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        DECODE_CTX.scope(self, fut)
+    }
+
+    /// Runs `f` with this context (for decodes done while a response body is polled:
+    /// streaming requests are decoded there).
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        DECODE_CTX.sync_scope(self, f)
+    }
 }
 
 /// A tonic codec: tonic-prost's encoder, the pooled decoder.
@@ -65,26 +84,47 @@ impl<U: Message + Default> Decoder for PooledDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        decode(POOL.get(), src).map(Some)
+        decode_in_scope(src).map(Some)
     }
 }
 
-/// Decodes one message from `src` (all of it), through a buffer of `pool` when given.
+/// Decodes with the scoped [`DecodeCtx`]; outside any scope (a client, a test), plain prost.
+fn decode_in_scope<U: Message + Default>(src: &mut impl Buf) -> Result<U, Status> {
+    match DECODE_CTX.try_with(|ctx| decode(Some(ctx), &mut *src)) {
+        Ok(decoded) => decoded,
+        Err(_) => decode(None, src),
+    }
+}
+
+/// Decodes one message from `src` (all of it), through a pooled buffer when `ctx` is given.
 /// A message that is not valid protobuf is INVALID_ARGUMENT: the client sent it.
-pub fn decode<U: Message + Default>(pool: Option<&Pool>, src: &mut impl Buf) -> Result<U, Status> {
-    let decoded = match pool {
-        Some(pool) => {
+pub fn decode<U: Message + Default>(
+    ctx: Option<&DecodeCtx>,
+    src: &mut impl Buf,
+) -> Result<U, Status> {
+    let decoded = match ctx {
+        Some(ctx) => {
             let len = src.remaining();
-            let buf = if src.chunk().len() >= len {
-                let buf = pool.alloc_copy(&src.chunk()[..len]);
+            let contiguous = src.chunk().len() >= len;
+            let buf = match (ctx, contiguous) {
+                (DecodeCtx::Pool(pool), true) => pool.alloc_copy(&src.chunk()[..len]),
+                (DecodeCtx::Pool(pool), false) => pool.alloc(len),
+                (DecodeCtx::Conn(conn), contiguous) => {
+                    conn.drain();
+                    if contiguous {
+                        conn.alloc_copy(&src.chunk()[..len])
+                    } else {
+                        conn.alloc(len)
+                    }
+                }
+            };
+            let mut buf = buf;
+            if contiguous {
                 src.advance(len);
-                buf
             } else {
                 // The message spans several HTTP/2 frames: gather it.
-                let mut buf = pool.alloc(len);
                 src.copy_to_slice(&mut buf);
-                buf
-            };
+            }
             U::decode(buf.into_bytes())
         }
         None => U::decode(src),
@@ -115,7 +155,7 @@ mod tests {
             payload: Bytes::from(vec![7u8; 300]),
         };
         let mut wire = Bytes::from(sent.encode_to_vec());
-        let got: EchoRequest = decode(Some(&pool), &mut wire).unwrap();
+        let got: EchoRequest = decode(Some(&DecodeCtx::Pool(pool.clone())), &mut wire).unwrap();
         assert_eq!(got, sent);
         assert_eq!(wire.remaining(), 0);
         // Both fields borrow the one buffer: a single allocation, alive until both are gone.
@@ -142,7 +182,8 @@ mod tests {
         let core = pool.register_current_thread(0).unwrap();
         // Field 2 (payload), length-delimited, claims 100 bytes but 3 follow.
         let mut wire = Bytes::from_static(&[0x12, 100, 1, 2, 3]);
-        let status = decode::<EchoRequest>(Some(&pool), &mut wire).unwrap_err();
+        let status =
+            decode::<EchoRequest>(Some(&DecodeCtx::Pool(pool.clone())), &mut wire).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status.message().contains("malformed EchoRequest"),
@@ -155,5 +196,52 @@ mod tests {
         let mut wire = Bytes::from_static(&[0x12, 100, 1, 2, 3]);
         let status = decode::<EchoRequest>(None, &mut wire).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn per_conn_context_drains_the_connection_before_decoding() {
+        let pool = Pool::new(Config::new(Strategy::PerConn, 1));
+        let core = pool.register_current_thread(0).unwrap();
+        let conn = Arc::new(pool.conn());
+        let ctx = DecodeCtx::Conn(conn.clone());
+        let wire = EchoRequest {
+            key: Bytes::from_static(b"k"),
+            payload: Bytes::from_static(b"p"),
+        }
+        .encode_to_vec();
+        let first: EchoRequest = decode(Some(&ctx), &mut Bytes::from(wire.clone())).unwrap();
+        drop(first);
+        assert_eq!(conn.pending(), 1, "freed onto the connection's list");
+        let second: EchoRequest = decode(Some(&ctx), &mut Bytes::from(wire)).unwrap();
+        assert_eq!(conn.pending(), 0, "drained by the next receive");
+        assert_eq!(pool.snapshot().cores[0].hits, 1, "and reused");
+        drop((second, ctx, conn, core));
+        pool.snapshot().check_balanced().unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_decoder_uses_the_scoped_context_and_plain_prost_outside() {
+        let pool = Pool::new(Config::new(Strategy::Local, 1));
+        let core = pool.register_current_thread(0).unwrap();
+        let wire = Bytes::from(
+            EchoRequest {
+                key: Bytes::new(),
+                payload: Bytes::from_static(b"x"),
+            }
+            .encode_to_vec(),
+        );
+        let in_scope = DecodeCtx::Pool(pool.clone())
+            .scope(async { decode_via_tonic(wire.clone()) })
+            .await;
+        assert_eq!(pool.snapshot().cores[0].allocs, 1);
+        let outside = decode_via_tonic(wire);
+        assert_eq!(pool.snapshot().cores[0].allocs, 1, "no scope, no pool");
+        assert_eq!(in_scope, outside);
+        drop((in_scope, core));
+        pool.snapshot().check_balanced().unwrap();
+    }
+
+    fn decode_via_tonic(wire: Bytes) -> EchoRequest {
+        decode_in_scope(&mut wire.clone()).unwrap()
     }
 }

@@ -2,11 +2,19 @@
 //! runtime (one pinned current-thread tokio runtime and one SO_REUSEPORT listener per core) or a
 //! work-stealing one. [`Server::serve`] takes already bound listeners, so tests bind port 0.
 
+mod cores;
+mod handoff;
 mod listen;
+mod metrics;
+mod rpc_layer;
 mod runtime;
 mod service;
 mod store;
 
+pub use handoff::Handoff;
+pub use krpc_pool::Strategy;
 pub use listen::bind;
+pub use metrics::Metrics;
+pub use rpc_layer::ConnCtx;
 pub use runtime::{RuntimeMode, Server, ServerError, ServerInfo};
 pub use service::BenchService;

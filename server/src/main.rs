@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use krpc_server::{RuntimeMode, Server, ServerInfo};
+use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
 use krpc_transport::{
     Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath,
     read_ca_file,
@@ -73,6 +73,25 @@ struct ServeArgs {
     /// Cut off clients that have not finished the TLS handshake in this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
+    /// Buffer pool free strategy: global | local | per-conn | per-core.
+    #[arg(long, default_value = "per-core")]
+    strategy: Strategy,
+    /// none: keyed RPCs run where decoded; owner: Echo/Put/Get run on the core owning hash(key).
+    #[arg(long, default_value = "none")]
+    handoff: Handoff,
+    /// A defer list holds at most this many buffers; the owner is kicked at half (kernel:
+    /// net.core.skb_defer_max).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    defer_max: u32,
+    /// Bytes a core's free lists may hold (e.g. 4MiB); beyond it, frees go to the allocator.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pool_cap_bytes: usize,
+    /// Largest request message accepted (e.g. 4MiB); larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value = "4MiB", value_parser = parse_nonzero_size)]
+    max_message_bytes: usize,
+    /// Address of the Prometheus endpoint (GET /metrics); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    metrics_listen: SocketAddr,
     /// Log format: plain or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
     log_format: String,
@@ -204,12 +223,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listeners = krpc_server::bind(args.listen, listeners_wanted)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listeners[0].local_addr()?;
+    let metrics_listener = std::net::TcpListener::bind(args.metrics_listen).with_context(|| {
+        format!(
+            "cannot listen on {} (--metrics-listen)",
+            args.metrics_listen
+        )
+    })?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let server = Server::new(
         ServerInfo {
-            runtime: args.runtime,
-            cores,
-            configured_tls: args.tls,
-            ktls,
+            strategy: args.strategy,
+            handoff: args.handoff,
+            defer_max: args.defer_max as usize,
+            pool_cap_bytes: args.pool_cap_bytes,
+            max_message_bytes: args.max_message_bytes,
+            ..ServerInfo::new(args.runtime, cores, args.tls, ktls)
         },
         acceptor,
     );
@@ -218,6 +246,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls = %path,
         runtime = %args.runtime,
         cores,
+        strategy = %args.strategy,
+        handoff = %args.handoff,
+        metrics = %format!("http://{metrics_addr}/metrics"),
         "krpc-server listening"
     );
     info!(
@@ -233,12 +264,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             move || wait_for_signal(shutdown)
         })
         .context("cannot start the signal thread")?;
+    let metrics_thread = thread::Builder::new()
+        .name("krpc-metrics".into())
+        .spawn({
+            let (server, shutdown) = (server.clone(), shutdown.clone());
+            move || server.serve_metrics(metrics_listener, shutdown)
+        })
+        .context("cannot start the metrics thread")?;
     let served = server.serve(listeners, shutdown.clone());
     shutdown.cancel();
     let _ = signals.join();
+    if let Ok(Err(error)) = metrics_thread.join() {
+        warn!(%error, "metrics endpoint failed");
+    }
     served?;
     info!("krpc-server stopped");
     Ok(())
+}
+
+/// A byte size: `65536`, `64KiB`, `4MiB`, `1GiB` (also `kB`, `MB`: powers of ten).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 64KiB, 4MiB)"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+fn parse_nonzero_size(s: &str) -> Result<usize, String> {
+    match parse_size(s)? {
+        0 => Err("must be at least 1 byte".to_owned()),
+        n => Ok(n),
+    }
 }
 
 /// The certificate to serve: `--cert/--key`, or development certificates (generated on first

@@ -2,16 +2,38 @@
 //! with its own SO_REUSEPORT listener and its own tonic server, so a connection lives and dies on
 //! one core. Work-stealing: one multi-thread runtime and one listener.
 
-use std::{convert::Infallible, fmt, io, str::FromStr, sync::Arc, thread, time::Duration};
+use std::{
+    convert::Infallible,
+    fmt, io,
+    pin::Pin,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    thread,
+    time::Duration,
+};
 
-use krpc_proto::v1::bench_server::BenchServer;
+use krpc_pool::{Config as PoolConfig, Pool, Strategy};
+use krpc_proto::{codec::DecodeCtx, v1::bench_server::BenchServer};
 use krpc_transport::{Acceptor, Conn, KtlsSupport, TlsMode};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::mpsc,
+};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::BenchService;
+use crate::{
+    BenchService, cores,
+    handoff::{Handoff, Owners, run_owner},
+    metrics::{Metrics, OpenConnection},
+    rpc_layer::{ConnCtx, RpcLayer},
+};
 
 /// How connections are spread over cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,13 +73,55 @@ impl fmt::Display for RuntimeMode {
     }
 }
 
-/// What the server tells clients about itself (the Info RPC).
+/// How the server is configured; what it tells clients about itself (the Info RPC).
 #[derive(Clone, Debug)]
 pub struct ServerInfo {
     pub runtime: RuntimeMode,
+    /// Runtime cores: thread-per-core runtimes, or work-stealing workers.
     pub cores: usize,
     pub configured_tls: TlsMode,
     pub ktls: KtlsSupport,
+    pub strategy: Strategy,
+    pub handoff: Handoff,
+    /// A defer list holds at most this many buffers (`--defer-max`).
+    pub defer_max: usize,
+    /// Bytes a core's free lists may hold (`--pool-cap-bytes`).
+    pub pool_cap_bytes: usize,
+    /// Largest request message accepted (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+}
+
+impl ServerInfo {
+    /// The defaults of the server's flags, for `runtime` on `cores` cores.
+    pub fn new(
+        runtime: RuntimeMode,
+        cores: usize,
+        configured_tls: TlsMode,
+        ktls: KtlsSupport,
+    ) -> Self {
+        Self {
+            runtime,
+            cores,
+            configured_tls,
+            ktls,
+            strategy: Strategy::PerCore,
+            handoff: Handoff::None,
+            defer_max: 64,
+            pool_cap_bytes: 4 << 20,
+            max_message_bytes: 4 << 20,
+        }
+    }
+
+    /// Threads that are pool cores: every runtime core, and under work-stealing with owner
+    /// handoff, one owner thread per core as well (a work-stealing runtime cannot pin a task
+    /// to a worker, so the key owners get threads of their own).
+    pub fn pool_cores(&self) -> usize {
+        let cores = self.cores.max(1);
+        match (self.runtime, self.handoff) {
+            (RuntimeMode::WorkStealing, Handoff::Owner) => 2 * cores,
+            _ => cores,
+        }
+    }
 }
 
 /// Why the server stopped with an error.
@@ -97,18 +161,48 @@ pub enum ServerError {
 pub struct Server {
     info: Arc<ServerInfo>,
     acceptor: Acceptor,
+    pool: Pool,
+    metrics: Metrics,
 }
 
 impl Server {
     pub fn new(info: ServerInfo, acceptor: Acceptor) -> Self {
+        let pool = Pool::new(PoolConfig {
+            strategy: info.strategy,
+            cores: info.pool_cores(),
+            defer_max: info.defer_max,
+            cap_bytes_per_core: info.pool_cap_bytes,
+        });
+        let metrics = Metrics::new(&info, acceptor.path(), pool.clone());
         Self {
             info: Arc::new(info),
             acceptor,
+            pool,
+            metrics,
         }
     }
 
     pub fn info(&self) -> &ServerInfo {
         &self.info
+    }
+
+    /// The server's buffer pool (its counters: `pool().snapshot()`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves Prometheus metrics (`GET /metrics`) on `listener` until `shutdown` is cancelled.
+    /// Blocks the calling thread; run it on a thread of its own.
+    pub fn serve_metrics(
+        &self,
+        listener: std::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        crate::metrics::serve(listener, self.metrics.clone(), shutdown)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight RPCs finish
@@ -119,27 +213,77 @@ impl Server {
         listeners: Vec<std::net::TcpListener>,
         shutdown: CancellationToken,
     ) -> Result<(), ServerError> {
-        let service = BenchService::new(self.info.clone());
+        let cores = self.info.cores.max(1);
+        // One key owner per core that serves: each runtime core, or each worker.
+        let owner_count = match self.info.runtime {
+            RuntimeMode::ThreadPerCore => listeners.len(),
+            RuntimeMode::WorkStealing => cores,
+        };
+        let (owners, mut owner_jobs) = match self.info.handoff {
+            Handoff::None => (None, Vec::new()),
+            Handoff::Owner => {
+                let (owners, jobs) = Owners::new(owner_count);
+                (Some(owners), jobs.into_iter().map(Some).collect())
+            }
+        };
+        let service = BenchService::new(self.info.clone(), owners);
+        let conn = ConnSetup {
+            acceptor: self.acceptor.clone(),
+            pool: self.pool.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let layer = RpcLayer::new(self.metrics.clone(), self.info.max_message_bytes);
         match self.info.runtime {
             RuntimeMode::WorkStealing => {
+                // Workers become pool cores 0..cores as they start (tokio starts them all when
+                // the runtime is built); later threads (blocking pool) are no core.
+                let next = Arc::new(AtomicUsize::new(0));
+                let pool = self.pool.clone();
                 let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(self.info.cores.max(1))
+                    .worker_threads(cores)
                     .thread_name("krpc-worker")
+                    .on_thread_start(move || {
+                        let core = next.fetch_add(1, Ordering::Relaxed);
+                        if core < cores {
+                            register_or_warn(&pool, core);
+                        }
+                    })
+                    .on_thread_stop(cores::unregister)
+                    .on_thread_park(cores::drain)
                     .enable_all()
                     .build()
                     .map_err(|source| ServerError::Runtime { core: 0, source })?;
+                // Key owners: threads of their own, pool cores cores..2*cores.
+                let owner_threads: Vec<_> = owner_jobs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, jobs)| {
+                        let (pool, jobs) = (self.pool.clone(), jobs.take());
+                        let core = cores + i;
+                        thread::Builder::new()
+                            .name(format!("krpc-owner-{i}"))
+                            .spawn(move || {
+                                let runtime = current_thread_runtime(&pool, core)?;
+                                if let Some(jobs) = jobs {
+                                    runtime.block_on(run_owner(jobs));
+                                }
+                                drop(runtime);
+                                cores::unregister();
+                                Ok(())
+                            })
+                            .map_err(|source| ServerError::Runtime { core, source })
+                    })
+                    .collect();
                 let mut listeners = listeners.into_iter();
                 let listener = listeners.next().ok_or(ServerError::Listener {
                     index: 0,
                     source: io::Error::new(io::ErrorKind::InvalidInput, "no listener given"),
                 })?;
-                runtime.block_on(serve_one(
-                    0,
-                    listener,
-                    self.acceptor.clone(),
-                    service,
-                    shutdown,
-                ))
+                let served =
+                    runtime.block_on(serve_one(0, listener, conn, service, layer, None, shutdown));
+                drop(runtime);
+                let owners = join_all(cores, owner_threads, &CancellationToken::new());
+                served.and(owners)
             }
             RuntimeMode::ThreadPerCore => {
                 let cpus = allowed_cpus();
@@ -148,60 +292,113 @@ impl Server {
                     .enumerate()
                     .map(|(core, listener)| {
                         let cpu = cpus.get(core % cpus.len().max(1)).copied();
-                        let (acceptor, service, shutdown) =
-                            (self.acceptor.clone(), service.clone(), shutdown.clone());
+                        let (conn, service, layer, shutdown) = (
+                            conn.clone(),
+                            service.clone(),
+                            layer.clone(),
+                            shutdown.clone(),
+                        );
+                        let jobs = owner_jobs.get_mut(core).and_then(Option::take);
                         thread::Builder::new()
                             .name(format!("krpc-core-{core}"))
                             .spawn(move || {
                                 if let Some(cpu) = cpu {
                                     pin_to(cpu);
                                 }
-                                let runtime = tokio::runtime::Builder::new_current_thread()
-                                    .enable_all()
-                                    .build()
-                                    .map_err(|source| ServerError::Runtime { core, source })?;
-                                runtime.block_on(serve_one(
-                                    core, listener, acceptor, service, shutdown,
-                                ))
+                                let runtime = current_thread_runtime(&conn.pool, core)?;
+                                let served = runtime.block_on(serve_one(
+                                    core, listener, conn, service, layer, jobs, shutdown,
+                                ));
+                                drop(runtime);
+                                cores::unregister();
+                                served
                             })
                             .map_err(|source| ServerError::Runtime { core, source })
                     })
                     .collect();
-                let mut result = Ok(());
-                for (core, thread) in threads.into_iter().enumerate() {
-                    let outcome = match thread {
-                        Ok(handle) => handle.join().unwrap_or(Err(ServerError::Panicked { core })),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = outcome {
-                        // One core failing takes the others down: a half-served port misleads.
-                        shutdown.cancel();
-                        if result.is_ok() {
-                            result = Err(e);
-                        }
-                    }
-                }
-                result
+                drop(service);
+                join_all(0, threads, &shutdown)
             }
         }
     }
 }
 
+/// A pinned core's runtime: current-thread, the thread registered as pool core `core`,
+/// draining when it parks.
+fn current_thread_runtime(
+    pool: &Pool,
+    core: usize,
+) -> Result<tokio::runtime::Runtime, ServerError> {
+    register_or_warn(pool, core);
+    tokio::runtime::Builder::new_current_thread()
+        .on_thread_park(cores::drain)
+        .enable_all()
+        .build()
+        .map_err(|source| ServerError::Runtime { core, source })
+}
+
+fn register_or_warn(pool: &Pool, core: usize) {
+    if let Err(error) = cores::register(pool, core) {
+        // Not fatal: this thread's buffers come from the allocator, counted as unregistered.
+        warn!(core, %error, "cannot register the thread as a pool core");
+    }
+}
+
+/// Joins core threads (numbered from `first`); the first failure cancels `shutdown` (one core
+/// failing takes the others down: a half-served port misleads) and is returned.
+fn join_all(
+    first: usize,
+    threads: Vec<Result<thread::JoinHandle<Result<(), ServerError>>, ServerError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), ServerError> {
+    let mut result = Ok(());
+    for (i, thread) in threads.into_iter().enumerate() {
+        let core = first + i;
+        let outcome = match thread {
+            Ok(handle) => handle.join().unwrap_or(Err(ServerError::Panicked { core })),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+/// What every connection needs, whichever core accepts it.
+#[derive(Clone, Debug)]
+struct ConnSetup {
+    acceptor: Acceptor,
+    pool: Pool,
+    metrics: Metrics,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_one(
     core: usize,
     listener: std::net::TcpListener,
-    acceptor: Acceptor,
+    conn: ConnSetup,
     service: BenchService,
+    layer: RpcLayer,
+    owner_jobs: Option<mpsc::Receiver<crate::handoff::Job>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Listener {
         index: core,
         source,
     })?;
+    if cores::current().is_some() && conn.pool.config().strategy == Strategy::PerCore {
+        tokio::spawn(cores::answer_kicks());
+    }
+    // This core's key owner (handoff), until every core's service is gone.
+    let owner = owner_jobs.map(|jobs| tokio::spawn(run_owner(jobs)));
     // Handshakes run in their own tasks; only finished connections reach tonic, so one slow
     // peer never holds up the others (tonic polls this stream from its accept loop).
-    let (tx, rx) = mpsc::channel::<Conn>(256);
-    tokio::spawn(accept_loop(core, listener, acceptor, tx, shutdown.clone()));
+    let (tx, rx) = mpsc::channel::<ServedConn>(256);
+    tokio::spawn(accept_loop(core, listener, conn, tx, shutdown.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<BenchServer<BenchService>>().await;
@@ -211,9 +408,12 @@ async fn serve_one(
         (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
         (Err(source), _) | (_, Err(source)) => return Err(ServerError::Reflection(source)),
     };
+    let max = service.max_message_bytes();
+    let bench = BenchServer::new(service).max_decoding_message_size(max);
 
-    tonic::transport::Server::builder()
-        .add_service(BenchServer::new(service))
+    let served = tonic::transport::Server::builder()
+        .layer(layer)
+        .add_service(bench)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -222,7 +422,13 @@ async fn serve_one(
             shutdown.cancelled_owned(),
         )
         .await
-        .map_err(|source| ServerError::Serve { core, source })?;
+        .map_err(|source| ServerError::Serve { core, source });
+    // Other cores may still hand this core's keys over while they drain: the owner runs until
+    // the last service clone (every core's) is gone.
+    if let Some(owner) = owner {
+        let _ = owner.await;
+    }
+    served?;
     debug!(core, "core drained");
     Ok(())
 }
@@ -239,8 +445,8 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 async fn accept_loop(
     core: usize,
     listener: TcpListener,
-    acceptor: Acceptor,
-    conns: mpsc::Sender<Conn>,
+    setup: ConnSetup,
+    conns: mpsc::Sender<ServedConn>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -257,12 +463,12 @@ async fn accept_loop(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let setup = setup.clone();
         let conns = conns.clone();
         let span = info_span!("conn", core, %peer);
         tokio::spawn(
             async move {
-                match acceptor.accept(tcp, peer).await {
+                match setup.acceptor.accept(tcp, peer).await {
                     Ok(conn) => {
                         let i = conn.info();
                         info!(
@@ -272,20 +478,99 @@ async fn accept_loop(
                             ktls = i.tls == krpc_transport::TlsPath::Ktls,
                             "connection established"
                         );
+                        let served = setup.serve(conn);
                         // The receiver is gone only when the server is shutting down.
-                        let _ = conns.send(conn).await;
+                        let _ = conns.send(served).await;
                     }
-                    Err(e) => warn!(
-                        reason = e.failure.reason(),
-                        error = %ErrorChain(&e.failure),
-                        "handshake failed"
-                    ),
+                    Err(e) => {
+                        setup.metrics.handshake_failed(e.failure.reason());
+                        warn!(
+                            reason = e.failure.reason(),
+                            error = %ErrorChain(&e.failure),
+                            "handshake failed"
+                        );
+                    }
                 }
             }
             .instrument(span),
         );
     }
     debug!(core, "accept loop stopped");
+}
+
+impl ConnSetup {
+    /// Attaches the pool context (a per-connection handle under `per-conn`) and the open
+    /// connection count to an established connection.
+    fn serve(&self, conn: Conn) -> ServedConn {
+        let decode = match self.pool.config().strategy {
+            Strategy::PerConn => DecodeCtx::Conn(Arc::new(self.pool.conn())),
+            _ => DecodeCtx::Pool(self.pool.clone()),
+        };
+        let ctx = ConnCtx {
+            info: conn.info().clone(),
+            decode,
+        };
+        ServedConn {
+            _open: self.metrics.connection_opened(ctx.info.tls),
+            io: conn,
+            ctx,
+        }
+    }
+}
+
+/// A connection as tonic serves it: the IO, plus what every request on it carries.
+struct ServedConn {
+    io: Conn,
+    ctx: ConnCtx,
+    _open: OpenConnection,
+}
+
+impl tonic::transport::server::Connected for ServedConn {
+    type ConnectInfo = ConnCtx;
+
+    fn connect_info(&self) -> ConnCtx {
+        self.ctx.clone()
+    }
+}
+
+impl AsyncRead for ServedConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServedConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Formats an error with its sources, `a: b: c`, for one-line logs.

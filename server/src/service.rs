@@ -5,25 +5,40 @@ use krpc_proto::v1::{
     EchoRequest, EchoResponse, GetRequest, GetResponse, InfoRequest, InfoResponse, PutRequest,
     PutResponse, TlsMode as WireTlsMode, bench_server::Bench,
 };
-use krpc_transport::{ConnInfo, TlsPath};
+use krpc_transport::TlsPath;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{ServerInfo, store::Store};
+use crate::{
+    ServerInfo,
+    handoff::{Job, Owners},
+    rpc_layer::ConnCtx,
+    store::Store,
+};
 
 /// The Bench service: Echo, Put/Get on the in-memory store, EchoStream, Info.
+///
+/// Without handoff, a keyed RPC runs where it was decoded; Echo answers with a zero-copy slice
+/// of the request buffer, freed on this core once tonic has encoded it. With owner handoff it
+/// runs on the key's owner core, which answers with copies and frees the request buffer there.
 #[derive(Clone, Debug)]
 pub struct BenchService {
     info: Arc<ServerInfo>,
     store: Arc<Store>,
+    owners: Option<Owners>,
 }
 
 impl BenchService {
-    pub fn new(info: Arc<ServerInfo>) -> Self {
+    pub(crate) fn new(info: Arc<ServerInfo>, owners: Option<Owners>) -> Self {
         let shards = info.cores.max(1) * 16;
         Self {
             info,
             store: Arc::new(Store::new(shards)),
+            owners,
         }
+    }
+
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.info.max_message_bytes
     }
 }
 
@@ -32,18 +47,38 @@ type EchoStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send
 #[tonic::async_trait]
 impl Bench for BenchService {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
-        let payload = request.into_inner().payload;
+        let request = request.into_inner();
+        let payload = match &self.owners {
+            None => request.payload,
+            Some(owners) => {
+                let key = request.key.clone();
+                owners.run(&key, |tx| Job::Echo(request, tx)).await?
+            }
+        };
         Ok(Response::new(EchoResponse { payload }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let PutRequest { key, value } = request.into_inner();
-        let replaced = self.store.put(key, value);
+        let request = request.into_inner();
+        let replaced = match &self.owners {
+            None => self.store.put(&request.key, &request.value),
+            Some(owners) => {
+                let key = request.key.clone();
+                owners.run(&key, |tx| Job::Put(request, tx)).await?
+            }
+        };
         Ok(Response::new(PutResponse { replaced }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let value = self.store.get(&request.into_inner().key);
+        let request = request.into_inner();
+        let value = match &self.owners {
+            None => self.store.get(&request.key),
+            Some(owners) => {
+                let key = request.key.clone();
+                owners.run(&key, |tx| Job::Get(request, tx)).await?
+            }
+        };
         Ok(Response::new(GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
@@ -63,7 +98,7 @@ impl Bench for BenchService {
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let conn = request.extensions().get::<ConnInfo>();
+        let conn = request.extensions().get::<ConnCtx>().map(|c| &c.info);
         let info = &self.info;
         let tls = conn.map_or(TlsPath::Off, |c| c.tls);
         Ok(Response::new(InfoResponse {
@@ -89,6 +124,9 @@ impl Bench for BenchService {
                 .unwrap_or_default()
                 .to_owned(),
             configured_tls: info.configured_tls.as_str().to_owned(),
+            strategy: info.strategy.as_str().to_owned(),
+            handoff: info.handoff.as_str().to_owned(),
+            max_message_bytes: info.max_message_bytes as u64,
         }))
     }
 }

@@ -28,8 +28,10 @@ impl Store {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stores `value`; true when it replaced a previous value.
-    pub(crate) fn put(&self, key: Bytes, value: Bytes) -> bool {
+    /// Stores copies of `key` and `value` (never slices of a request buffer: a stored slice
+    /// would keep the whole pooled buffer alive); true when it replaced a previous value.
+    pub(crate) fn put(&self, key: &[u8], value: &[u8]) -> bool {
+        let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
         self.shard(&key).insert(key, value).is_some()
     }
 
@@ -46,8 +48,8 @@ mod tests {
     fn put_then_get_and_replace() {
         let store = Store::new(4);
         assert_eq!(store.get(b"k"), None);
-        assert!(!store.put(Bytes::from_static(b"k"), Bytes::from_static(b"v1")));
-        assert!(store.put(Bytes::from_static(b"k"), Bytes::from_static(b"v2")));
+        assert!(!store.put(b"k", b"v1"));
+        assert!(store.put(b"k", b"v2"));
         assert_eq!(store.get(b"k").as_deref(), Some(&b"v2"[..]));
     }
 }

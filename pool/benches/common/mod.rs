@@ -101,10 +101,9 @@ impl Source for PoolSource {
                 .kicked
                 .0
                 .swap(false, std::sync::atomic::Ordering::Acquire)
+            && let Some(h) = &core.handle
         {
-            if let Some(h) = &core.handle {
-                h.drain();
-            }
+            h.drain();
         }
         core.conn.alloc_copy(&MESSAGE)
     }

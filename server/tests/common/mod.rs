@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, thread, time::Duration};
 
 use krpc_client::TlsArgs;
 use krpc_proto::v1::bench_client::BenchClient;
-use krpc_server::{RuntimeMode, Server, ServerError, ServerInfo};
+use krpc_server::{Handoff, RuntimeMode, Server, ServerError, ServerInfo, Strategy};
 use krpc_transport::{
     Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath,
     read_ca_file,
@@ -20,6 +20,9 @@ pub struct Options {
     pub runtime: RuntimeMode,
     pub cores: usize,
     pub handshake_timeout: Duration,
+    pub strategy: Strategy,
+    pub handoff: Handoff,
+    pub max_message_bytes: usize,
 }
 
 impl Options {
@@ -30,12 +33,18 @@ impl Options {
             runtime: RuntimeMode::ThreadPerCore,
             cores: 2,
             handshake_timeout: Duration::from_secs(10),
+            strategy: Strategy::PerCore,
+            handoff: Handoff::None,
+            max_message_bytes: 4 << 20,
         }
     }
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The Prometheus endpoint, `http://{metrics_addr}/metrics`.
+    pub metrics_addr: SocketAddr,
+    pub server: Server,
     pub certs: DevCertPaths,
     shutdown: CancellationToken,
     thread: Option<thread::JoinHandle<Result<(), ServerError>>>,
@@ -62,16 +71,17 @@ impl TestServer {
                 Acceptor::tls(config, path == TlsPath::Ktls, opts.handshake_timeout)
             }
         };
+        let configured_tls = match opts.tls {
+            TlsPath::Off => TlsMode::Off,
+            TlsPath::Rustls => TlsMode::Rustls,
+            TlsPath::Ktls => TlsMode::Ktls,
+        };
         let server = Server::new(
             ServerInfo {
-                runtime: opts.runtime,
-                cores: opts.cores,
-                configured_tls: match opts.tls {
-                    TlsPath::Off => TlsMode::Off,
-                    TlsPath::Rustls => TlsMode::Rustls,
-                    TlsPath::Ktls => TlsMode::Ktls,
-                },
-                ktls,
+                strategy: opts.strategy,
+                handoff: opts.handoff,
+                max_message_bytes: opts.max_message_bytes,
+                ..ServerInfo::new(opts.runtime, opts.cores, configured_tls, ktls)
             },
             acceptor,
         );
@@ -82,12 +92,20 @@ impl TestServer {
         let listeners = krpc_server::bind("127.0.0.1:0".parse().unwrap(), count).unwrap();
         let addr = listeners[0].local_addr().unwrap();
         let shutdown = CancellationToken::new();
+        let metrics_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
+        thread::spawn({
+            let (server, shutdown) = (server.clone(), shutdown.clone());
+            move || server.serve_metrics(metrics_listener, shutdown)
+        });
         let thread = thread::spawn({
-            let shutdown = shutdown.clone();
+            let (server, shutdown) = (server.clone(), shutdown.clone());
             move || server.serve(listeners, shutdown)
         });
         Self {
             addr,
+            metrics_addr,
+            server,
             certs,
             shutdown,
             thread: Some(thread),
