@@ -89,14 +89,13 @@ impl Owners {
         (self.hasher.hash_one(key) % self.senders.len() as u64) as usize
     }
 
-    /// Runs `job` on the owner of `key` and waits for its reply.
+    /// Runs `job` on `owner` (see [`Self::owner_of`]) and waits for its reply.
     pub(crate) async fn run<T>(
         &self,
-        key: &[u8],
+        owner: usize,
         job: impl FnOnce(oneshot::Sender<T>) -> Job,
     ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
-        let owner = self.owner_of(key);
         self.senders[owner]
             .send(job(tx))
             .await
@@ -110,19 +109,26 @@ impl Owners {
 pub(crate) async fn run_owner(mut jobs: mpsc::Receiver<Job>) {
     let mut shard: HashMap<Bytes, Bytes> = HashMap::new();
     while let Some(job) = jobs.recv().await {
-        // Replies are copies: the request buffer must not outlive the request (it is freed
-        // here, and a stored slice would pin the whole buffer in the store).
+        // Replies are copies: the request buffer must not outlive the request (a stored slice
+        // would pin the whole buffer in the store). The request is dropped *before* the reply
+        // goes out, so its free is pushed before the origin core wakes for the reply: that
+        // core drains it when it next parks instead of leaving it pending while idle.
         match job {
             Job::Echo(request, reply) => {
-                let _ = reply.send(Bytes::copy_from_slice(&request.payload));
+                let payload = Bytes::copy_from_slice(&request.payload);
+                drop(request);
+                let _ = reply.send(payload);
             }
             Job::Put(request, reply) => {
                 let key = Bytes::copy_from_slice(&request.key);
                 let value = Bytes::copy_from_slice(&request.value);
+                drop(request);
                 let _ = reply.send(shard.insert(key, value).is_some());
             }
             Job::Get(request, reply) => {
-                let _ = reply.send(shard.get(&request.key[..]).cloned());
+                let value = shard.get(&request.key[..]).cloned();
+                drop(request);
+                let _ = reply.send(value);
             }
         }
     }
@@ -144,26 +150,27 @@ mod tests {
             key: key.clone(),
             value: Bytes::from_static(value),
         };
+        let owner = owners.owner_of(&key);
         assert!(
             !owners
-                .run(&key, |tx| Job::Put(put(b"a"), tx))
+                .run(owner, |tx| Job::Put(put(b"a"), tx))
                 .await
                 .unwrap()
         );
         assert!(
             owners
-                .run(&key, |tx| Job::Put(put(b"b"), tx))
+                .run(owner, |tx| Job::Put(put(b"b"), tx))
                 .await
                 .unwrap()
         );
         let got = owners
-            .run(&key, |tx| Job::Get(GetRequest { key: key.clone() }, tx))
+            .run(owner, |tx| Job::Get(GetRequest { key: key.clone() }, tx))
             .await
             .unwrap();
         assert_eq!(got.as_deref(), Some(&b"b"[..]));
         let payload = Bytes::from(vec![9u8; 40]);
         let echoed = owners
-            .run(b"x", |tx| {
+            .run(owners.owner_of(b"x"), |tx| {
                 Job::Echo(
                     EchoRequest {
                         key: Bytes::from_static(b"x"),

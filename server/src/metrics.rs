@@ -165,7 +165,7 @@ impl Metrics {
         }));
         registry.register_collector(Box::new(KtlsCollector {
             support: info.ktls.clone(),
-            tls_stat: "/proc/net/tls_stat",
+            tls_stat: TLS_STAT.into(),
         }));
         let slots = pool_slots(info);
         Self {
@@ -413,14 +413,14 @@ impl Collector for PoolCollector {
 #[derive(Debug)]
 struct KtlsCollector {
     support: KtlsSupport,
-    tls_stat: &'static str,
+    tls_stat: std::path::PathBuf,
 }
 
 impl Collector for KtlsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         // Without the file the module is not loaded: kTLS is not available, whatever the probe
         // at start said (it could have been unloaded since).
-        let stats = std::fs::read_to_string(self.tls_stat).ok();
+        let stats = std::fs::read_to_string(&self.tls_stat).ok();
         let available = self.support.is_available() && stats.is_some();
         let gauge = ConstGauge::new(i64::from(available));
         gauge.encode(encoder.encode_descriptor(
@@ -477,6 +477,8 @@ pub(crate) fn parse_tls_stat(text: &str) -> Vec<(&str, u64)> {
         })
         .collect()
 }
+
+const TLS_STAT: &str = "/proc/net/tls_stat";
 
 const PROTOBUF: &str = "application/vnd.google.protobuf";
 
@@ -545,12 +547,22 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             Bytes::from_static(b"use GET\n"),
         );
     }
-    let wants_protobuf = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains(PROTOBUF) && v.contains("io.prometheus.client.MetricFamily"));
+    // `?format=text|protobuf` overrides negotiation: Prometheus before 2.45 keeps only the
+    // native half of a histogram scraped as protobuf, so a second job asks for text.
+    let forced = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| match kv {
+            "format=text" => Some(false),
+            "format=protobuf" => Some(true),
+            _ => None,
+        })
+    });
+    let wants_protobuf = forced.unwrap_or_else(|| {
+        req.headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains(PROTOBUF) && v.contains("io.prometheus.client.MetricFamily"))
+    });
     let encoded = if wants_protobuf {
         metrics.encode_protobuf().map(|body| {
             (
@@ -592,6 +604,60 @@ mod tests {
         assert_eq!(
             parse_tls_stat(text),
             vec![("TlsCurrTxSw", 2), ("TlsTxSw", 17)]
+        );
+    }
+
+    fn encode(collector: KtlsCollector) -> String {
+        let mut registry = Registry::with_prefix("krpc");
+        registry.register_collector(Box::new(collector));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn without_tls_stat_only_ktls_available_0_is_exported() {
+        let text = encode(KtlsCollector {
+            support: KtlsSupport::probe(),
+            tls_stat: "/nonexistent/tls_stat".into(),
+        });
+        assert!(text.contains("krpc_ktls_available 0\n"), "{text}");
+        assert!(!text.contains("krpc_kernel_tls"), "{text}");
+        assert!(!text.contains("device_offload"), "{text}");
+    }
+
+    #[test]
+    fn tls_stat_counters_are_reexported_by_kind() {
+        let dir = std::env::temp_dir().join(format!("krpc-tls-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tls_stat");
+        std::fs::write(
+            &file,
+            "TlsCurrTxSw 2\nTlsCurrRxSw 1\nTlsCurrTxDevice 0\nTlsTxSw 17\nTlsDecryptError 3\n",
+        )
+        .unwrap();
+        let text = encode(KtlsCollector {
+            support: KtlsSupport::unavailable("test"),
+            tls_stat: file,
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The probe said no: not available, whatever the file says.
+        assert!(text.contains("krpc_ktls_available 0\n"), "{text}");
+        assert!(
+            text.contains("krpc_ktls_device_offload_active 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_kernel_tls_current{stat=\"TlsCurrTxSw\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_kernel_tls_events_total{stat=\"TlsTxSw\"} 17\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_kernel_tls_events_total{stat=\"TlsDecryptError\"} 3\n"),
+            "{text}"
         );
     }
 

@@ -51,8 +51,10 @@ impl Bench for BenchService {
         let payload = match &self.owners {
             None => request.payload,
             Some(owners) => {
-                let key = request.key.clone();
-                owners.run(&key, |tx| Job::Echo(request, tx)).await?
+                // Only the owner may hold the request (even a clone of its key would keep the
+                // buffer alive here): pick the owner first, then hand the request over.
+                let owner = owners.owner_of(&request.key);
+                owners.run(owner, |tx| Job::Echo(request, tx)).await?
             }
         };
         Ok(Response::new(EchoResponse { payload }))
@@ -63,8 +65,10 @@ impl Bench for BenchService {
         let replaced = match &self.owners {
             None => self.store.put(&request.key, &request.value),
             Some(owners) => {
-                let key = request.key.clone();
-                owners.run(&key, |tx| Job::Put(request, tx)).await?
+                // Only the owner may hold the request (even a clone of its key would keep the
+                // buffer alive here): pick the owner first, then hand the request over.
+                let owner = owners.owner_of(&request.key);
+                owners.run(owner, |tx| Job::Put(request, tx)).await?
             }
         };
         Ok(Response::new(PutResponse { replaced }))
@@ -75,8 +79,10 @@ impl Bench for BenchService {
         let value = match &self.owners {
             None => self.store.get(&request.key),
             Some(owners) => {
-                let key = request.key.clone();
-                owners.run(&key, |tx| Job::Get(request, tx)).await?
+                // Only the owner may hold the request (even a clone of its key would keep the
+                // buffer alive here): pick the owner first, then hand the request over.
+                let owner = owners.owner_of(&request.key);
+                owners.run(owner, |tx| Job::Get(request, tx)).await?
             }
         };
         Ok(Response::new(GetResponse {

@@ -2,56 +2,11 @@
 
 mod common;
 
-use bytes::{Buf, BufMut, Bytes};
-use common::{Options, TestServer};
+use bytes::Bytes;
+use common::{Options, RawCodec, TestServer};
 use krpc_proto::v1::EchoRequest;
 use krpc_transport::{TlsMode, TlsPath};
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    codegen::http::uri::PathAndQuery,
-};
-
-/// Sends raw bytes as the message and returns the reply's raw bytes: lets a test put anything
-/// on the wire inside a well-formed gRPC frame.
-#[derive(Default)]
-struct RawCodec;
-
-struct Raw;
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
+use tonic::codegen::http::uri::PathAndQuery;
 
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument_and_serving_goes_on() {

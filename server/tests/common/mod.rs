@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, thread, time::Duration};
 
+use bytes::{Buf, BufMut, Bytes};
 use krpc_client::TlsArgs;
 use krpc_proto::v1::bench_client::BenchClient;
 use krpc_server::{Handoff, RuntimeMode, Server, ServerError, ServerInfo, Strategy};
@@ -13,6 +14,10 @@ use krpc_transport::{
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
 
 pub struct Options {
     pub tls: TlsPath,
@@ -23,6 +28,7 @@ pub struct Options {
     pub strategy: Strategy,
     pub handoff: Handoff,
     pub max_message_bytes: usize,
+    pub defer_max: usize,
 }
 
 impl Options {
@@ -36,6 +42,7 @@ impl Options {
             strategy: Strategy::PerCore,
             handoff: Handoff::None,
             max_message_bytes: 4 << 20,
+            defer_max: 64,
         }
     }
 }
@@ -81,6 +88,7 @@ impl TestServer {
                 strategy: opts.strategy,
                 handoff: opts.handoff,
                 max_message_bytes: opts.max_message_bytes,
+                defer_max: opts.defer_max,
                 ..ServerInfo::new(opts.runtime, opts.cores, configured_tls, ktls)
             },
             acceptor,
@@ -172,4 +180,144 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 pub fn cert_dir(server: &TestServer) -> PathBuf {
     server.certs.ca_cert.parent().unwrap().to_owned()
+}
+
+/// Sends raw bytes as the message and returns the reply's raw bytes: lets a test put anything
+/// on the wire inside a well-formed gRPC frame.
+#[derive(Default)]
+pub struct RawCodec;
+
+pub struct Raw;
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl TestServer {
+    /// A plaintext channel to this server (for servers started with `TlsPath::Off`).
+    pub async fn plain_channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /metrics` as OpenMetrics text.
+    pub fn scrape(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
+    /// Sum over cores of one pool series in the text exposition.
+    pub fn pool_metric(&self, name: &str) -> i64 {
+        sum_series(&self.scrape(), name)
+    }
+}
+
+/// Sum of every sample of `name` (any labels) in a text exposition.
+pub fn sum_series(text: &str, name: &str) -> i64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .map(|l| {
+            let value = l.rsplit(' ').next().unwrap();
+            value.parse::<f64>().unwrap() as i64
+        })
+        .sum()
+}
+
+/// `n` RPCs over `channel`, `concurrency` at a time: Echo, Put and Get in turn, keys spread
+/// over 64 values (so every owner core gets some), payloads of 100 to 3,000 bytes.
+pub async fn drive(channel: Channel, n: usize, concurrency: usize) {
+    use krpc_proto::v1::{EchoRequest, GetRequest, PutRequest};
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut client = BenchClient::new(channel.clone());
+        tasks.spawn(async move {
+            for i in (worker..n).step_by(concurrency) {
+                let key = Bytes::from(format!("key-{}", i % 64));
+                let payload = Bytes::from(vec![i as u8; 100 + (i * 37) % 2900]);
+                match i % 3 {
+                    0 => {
+                        let reply = client
+                            .echo(EchoRequest {
+                                key,
+                                payload: payload.clone(),
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        assert_eq!(reply.payload, payload);
+                    }
+                    1 => {
+                        client
+                            .put(PutRequest {
+                                key,
+                                value: payload,
+                            })
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        client.get(GetRequest { key }).await.unwrap();
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Waits (up to 10 s) until `check` holds; returns its last error otherwise.
+pub async fn eventually<E: std::fmt::Debug>(mut check: impl FnMut() -> Result<(), E>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("condition still false after 10 s: {e:?}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
