@@ -137,3 +137,32 @@ pub async fn connect(
         })?;
     Ok(BenchClient::new(channel))
 }
+
+/// The one-line error every krpc command line prints for a bad flag: `tool: message (see
+/// --help)`, exit status 2. Help and version go to stdout with status 0. A message that clap
+/// spreads over several lines ("required arguments were not provided:" and the list) is
+/// joined into the one line.
+pub fn usage_error(tool: &str, e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        print!("{e}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let rendered = e.to_string();
+    let mut lines = rendered.lines();
+    let mut line = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    if line.ends_with(':') {
+        let details: Vec<&str> = lines
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        line.push(' ');
+        line.push_str(&details.join(", "));
+    }
+    eprintln!("{tool}: {line} (see --help)");
+    std::process::ExitCode::from(2)
+}

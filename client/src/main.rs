@@ -51,7 +51,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return krpc_client::usage_error("krpc", e),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -77,19 +77,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Help and version go to stdout with status 0; a bad flag is one line and status 2.
-fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        print!("{e}");
-        return ExitCode::SUCCESS;
-    }
-    let rendered = e.to_string();
-    let line = rendered.lines().next().unwrap_or("invalid arguments");
-    eprintln!("krpc: {} (see --help)", line.trim_start_matches("error: "));
-    ExitCode::from(2)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -100,7 +100,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return usage_error(e),
+        Err(e) => return krpc_client::usage_error("krpc-server", e),
     };
     let result = match cli.command {
         Some(Command::GenCerts { out, names }) => gen_certs(&out, &names),
@@ -129,22 +129,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Help and version go to stdout with status 0; a bad flag is one line and status 2.
-fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        print!("{e}");
-        return ExitCode::SUCCESS;
-    }
-    let rendered = e.to_string();
-    let line = rendered.lines().next().unwrap_or("invalid arguments");
-    eprintln!(
-        "krpc-server: {} (see --help)",
-        line.trim_start_matches("error: ")
-    );
-    ExitCode::from(2)
 }
 
 fn init_tracing(format: &str) {

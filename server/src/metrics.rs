@@ -108,7 +108,7 @@ pub struct Metrics {
 
 #[derive(Debug)]
 struct Inner {
-    registry: Registry,
+    registry: Arc<Registry>,
     rpc: HistogramFamily,
     /// Per core (and one slot for threads that are no core), per method, per code: the
     /// histogram, looked up in the family once and then touched only by that core.
@@ -170,7 +170,7 @@ impl Metrics {
         let slots = pool_slots(info);
         Self {
             inner: Arc::new(Inner {
-                registry,
+                registry: Arc::new(registry),
                 rpc,
                 cells: (0..slots).map(|_| Default::default()).collect(),
                 strategy: info.strategy.as_str(),
@@ -223,18 +223,23 @@ impl Metrics {
             .inc();
     }
 
-    /// OpenMetrics text.
-    pub fn encode_text(&self) -> Result<String, fmt::Error> {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)?;
-        Ok(out)
+    /// The registry behind these metrics.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.clone()
     }
+}
 
-    /// Prometheus' delimited protobuf (the format with native histograms).
-    pub fn encode_protobuf(&self) -> Result<Vec<u8>, String> {
-        prometheus_client::encoding::prometheus_protobuf::encode_to_vec(&self.inner.registry)
-            .map_err(|e| format!("{e:?}"))
-    }
+/// OpenMetrics text.
+fn encode_text(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// Prometheus' delimited protobuf (the format with native histograms).
+fn encode_protobuf(registry: &Registry) -> Result<Vec<u8>, String> {
+    prometheus_client::encoding::prometheus_protobuf::encode_to_vec(registry)
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// Per-core histogram slots: every pool core, plus one for threads that are none.
@@ -482,10 +487,12 @@ const TLS_STAT: &str = "/proc/net/tls_stat";
 
 const PROTOBUF: &str = "application/vnd.google.protobuf";
 
-/// Serves `GET /metrics` on `listener` until `shutdown`. Runs on the calling thread.
-pub(crate) fn serve(
+/// Serves `registry` as `GET /metrics` on `listener` until `shutdown`, on the calling thread
+/// (its own current-thread runtime): protobuf for Prometheus, OpenMetrics text for the rest.
+/// The load generator serves its own metrics with it too.
+pub fn serve_prometheus(
     listener: std::net::TcpListener,
-    metrics: Metrics,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -506,11 +513,11 @@ pub(crate) fn serve(
                     }
                 },
             };
-            let metrics = metrics.clone();
+            let registry = registry.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&metrics, &req)) }
+                    let registry = registry.clone();
+                    async move { Ok::<_, Infallible>(respond(&registry, &req)) }
                 });
                 if let Err(error) = http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
@@ -523,7 +530,7 @@ pub(crate) fn serve(
     })
 }
 
-fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &'static str, body: Bytes| {
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
@@ -537,7 +544,7 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         return reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            Bytes::from_static(b"krpc-server serves Prometheus metrics at /metrics\n"),
+            Bytes::from_static(b"Prometheus metrics are at /metrics\n"),
         );
     }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
@@ -564,15 +571,14 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             .any(|v| v.contains(PROTOBUF) && v.contains("io.prometheus.client.MetricFamily"))
     });
     let encoded = if wants_protobuf {
-        metrics.encode_protobuf().map(|body| {
+        encode_protobuf(registry).map(|body| {
             (
                 "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited",
                 Bytes::from(body),
             )
         })
     } else {
-        metrics
-            .encode_text()
+        encode_text(registry)
             .map(|text| {
                 (
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",

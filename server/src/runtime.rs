@@ -202,7 +202,7 @@ impl Server {
         listener: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        crate::metrics::serve(listener, self.metrics.clone(), shutdown)
+        crate::metrics::serve_prometheus(listener, self.metrics.registry(), shutdown)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight RPCs finish

@@ -1,0 +1,136 @@
+//! `krpc-loadgen demo`, the README's main job: for each free strategy, start a krpc-server in
+//! this process (TLS auto, owner handoff, development certificates in a temporary directory),
+//! drive the same fixed-rate load against it, stop it; then print the comparison and write the
+//! HTML report. Needs nothing but the command.
+
+use std::{path::PathBuf, thread, time::Duration};
+
+use anyhow::Context;
+use krpc_client::TlsArgs;
+use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
+use krpc_transport::{Acceptor, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    report,
+    result::RunResult,
+    run::{Arrival, Mode, RunConfig, run, runtime},
+    workload::{Mix, Workload},
+};
+
+/// The demo's knobs (all have defaults).
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub rate: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub mix: Mix,
+    pub payload: usize,
+    pub tls: TlsMode,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+/// Runs every strategy; returns the results in `Strategy::ALL` order.
+pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let certs_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let certs = DevCerts::generate(&[])?.write(certs_dir.path())?;
+    let ktls = if opts.tls == TlsMode::Off {
+        KtlsSupport::unavailable("not probed (--tls off)")
+    } else {
+        KtlsSupport::probe()
+    };
+    let path = opts.tls.resolve(&ktls)?;
+    if let Some(reason) = ktls.unavailable_reason()
+        && opts.tls == TlsMode::Auto
+    {
+        eprintln!("kTLS unavailable ({reason}): the demo runs over rustls");
+    }
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let client_tls = TlsArgs {
+        tls: opts.tls,
+        ca: Some(certs.ca_cert.clone()),
+        client_cert: None,
+        client_key: None,
+        insecure: false,
+        server_name: None,
+    };
+    let connector = client_tls.connector_with(&ktls)?;
+    let rt = runtime(cores).context("cannot start the load generator's runtime")?;
+    let mut results = Vec::new();
+    for strategy in Strategy::ALL {
+        let acceptor = match path {
+            TlsPath::Off => Acceptor::plaintext(),
+            path => {
+                let identity = Identity::from_pem_files(&certs.server_cert, &certs.server_key)?;
+                let config = ServerTls {
+                    identity,
+                    client_ca: None,
+                }
+                .config(path, &ktls)?;
+                Acceptor::tls(config, path == TlsPath::Ktls, Duration::from_secs(10))
+            }
+        };
+        let server = Server::new(
+            ServerInfo {
+                strategy,
+                handoff: Handoff::Owner,
+                ..ServerInfo::new(RuntimeMode::ThreadPerCore, cores, opts.tls, ktls.clone())
+            },
+            acceptor,
+        );
+        let listeners = krpc_server::bind("127.0.0.1:0".parse().expect("valid address"), cores)
+            .context("cannot bind the embedded server")?;
+        let addr = listeners[0].local_addr()?;
+        let shutdown = CancellationToken::new();
+        let serving = thread::spawn({
+            let (server, shutdown) = (server.clone(), shutdown.clone());
+            move || server.serve(listeners, shutdown)
+        });
+        eprintln!(
+            "== {strategy}: {} RPC/s for {:?} (after {:?} warmup) against an embedded server on {addr}",
+            opts.rate, opts.duration, opts.warmup
+        );
+        let outcome = rt.block_on(run(RunConfig {
+            target: addr.to_string(),
+            connector: connector.clone(),
+            mode: Mode::Open {
+                rate: opts.rate,
+                arrival: Arrival::Uniform,
+            },
+            connections: opts.connections,
+            concurrency: opts.concurrency,
+            duration: opts.duration,
+            warmup: opts.warmup,
+            workload: Workload::new(opts.mix.clone(), opts.payload, 1024),
+            label: Some(strategy.as_str().to_owned()),
+            hdr_log: Some(opts.out.join(format!("{strategy}.hlog"))),
+            progress: opts.progress,
+            metrics: None,
+        }));
+        shutdown.cancel();
+        let served = serving.join();
+        let result = outcome?;
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e).context("the embedded server failed"),
+            Err(_) => anyhow::bail!("the embedded server panicked"),
+        }
+        let pool = server.pool().snapshot().total();
+        eprintln!(
+            "   pool: {} allocs, {} local frees, {} deferred, {} kicks, {} outstanding",
+            pool.allocs, pool.local_frees, pool.deferred_frees, pool.kicks, pool.outstanding
+        );
+        result.write(&opts.out.join(format!("{strategy}.json")))?;
+        results.push(result);
+    }
+    let html = report::html(&results)?;
+    let report_path = opts.out.join("report.html");
+    std::fs::write(&report_path, html)
+        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    Ok(results)
+}

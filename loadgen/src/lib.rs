@@ -1,0 +1,13 @@
+//! krpc-loadgen: open-loop, coordinated-omission-corrected gRPC load against krpc, recorded in
+//! HdrHistograms; results as JSON and interval logs; reports that put runs side by side; the
+//! demo that compares the four free strategies.
+
+pub mod demo;
+pub mod interval;
+pub mod merge;
+pub mod metrics;
+mod progress;
+pub mod report;
+pub mod result;
+pub mod run;
+pub mod workload;

@@ -1,0 +1,297 @@
+//! `krpc-loadgen`: run load, compare runs, merge runs, and the demo.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, thread, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use krpc_client::TlsArgs;
+use krpc_loadgen::{
+    demo::{DemoOptions, demo},
+    interval::IntervalLog,
+    merge::{merge_logs, merge_results},
+    metrics::LoadgenMetrics,
+    report,
+    result::RunResult,
+    run::{Arrival, Mode, RunConfig, run, runtime},
+    workload::{Mix, Workload},
+};
+use krpc_transport::TlsMode;
+use tokio_util::sync::CancellationToken;
+
+/// Load generator for krpc: open loop at a fixed rate (latency from the intended send time,
+/// coordinated omission corrected) or closed loop; HdrHistogram results, reports, demo.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive load against a krpc-server and print a wrk2-style summary.
+    Run(Box<RunArgs>),
+    /// Compare result files: a table on stdout, and an HTML report with plots.
+    Report {
+        /// Result files written by `run --json` (or `merge`).
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Where to write the HTML report.
+        #[arg(long, default_value = "krpc-report.html")]
+        html: PathBuf,
+    },
+    /// Merge results (and interval logs) of several load generator processes into one.
+    Merge {
+        /// Result files written by `run --json`.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// The merged result.
+        #[arg(long)]
+        out: PathBuf,
+        /// Interval logs of the same processes (repeat the flag).
+        #[arg(long = "hdr-log")]
+        hdr_logs: Vec<PathBuf>,
+        /// Where to write the merged interval log (needs --hdr-log).
+        #[arg(long, requires = "hdr_logs")]
+        hdr_log_out: Option<PathBuf>,
+    },
+    /// Start a krpc-server per free strategy in this process, load each the same way, compare.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Server address, host:port.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    addr: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Open loop: RPCs per second, over all connections.
+    #[arg(
+        long,
+        required_unless_present = "closed_loop",
+        conflicts_with = "closed_loop"
+    )]
+    rate: Option<f64>,
+    /// Open-loop arrivals: uniform (evenly spaced) or poisson.
+    #[arg(long, default_value = "uniform")]
+    arrival: Arrival,
+    /// Closed loop: each slot sends when its previous RPC returns (measures max throughput).
+    #[arg(long)]
+    closed_loop: bool,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// RPCs in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Time before measuring (load runs, nothing is recorded).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// echo, put, get, or a weighted mix such as echo:8,put:1,get:1.
+    #[arg(long, default_value = "echo")]
+    method: Mix,
+    /// Payload (Echo) or value (Put) size in bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Name of this run in reports (default: the server's strategy/TLS path).
+    #[arg(long)]
+    label: Option<String>,
+    /// Write the result (config, server Info, environment, percentiles, histograms) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write per-second histograms as an HdrHistogram interval log.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Serve the load generator's own metrics to Prometheus here while it runs.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Worker threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No live progress.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// RPCs per second against each strategy's server.
+    #[arg(long, default_value_t = 3000.0)]
+    rate: f64,
+    /// Measured time per strategy.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Warmup per strategy.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, default_value = "echo:8,put:1,get:1")]
+    method: Mix,
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// TLS mode of the embedded servers and their clients.
+    #[arg(long, default_value = "auto")]
+    tls: TlsMode,
+    /// Directory for the results, interval logs and report.html.
+    #[arg(long, default_value = "krpc-demo")]
+    out: PathBuf,
+    /// No live progress.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return krpc_client::usage_error("krpc-loadgen", e),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Run(args) => run_command(*args),
+        Command::Report { results, html } => report_command(&results, &html),
+        Command::Merge {
+            results,
+            out,
+            hdr_logs,
+            hdr_log_out,
+        } => merge_command(&results, &out, &hdr_logs, hdr_log_out.as_deref()),
+        Command::Demo(args) => demo_command(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("krpc-loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
+    let connector = args.tls.connector()?;
+    let metrics = args.metrics_listen.map(|_| LoadgenMetrics::new());
+    let shutdown = CancellationToken::new();
+    let metrics_thread = match (args.metrics_listen, &metrics) {
+        (Some(addr), Some(m)) => {
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            let (registry, shutdown) = (m.registry(), shutdown.clone());
+            Some(thread::spawn(move || {
+                krpc_server::serve_prometheus(listener, registry, shutdown)
+            }))
+        }
+        _ => None,
+    };
+    let mode = match args.rate {
+        Some(rate) => Mode::Open {
+            rate,
+            arrival: args.arrival,
+        },
+        None => Mode::Closed,
+    };
+    let config = RunConfig {
+        target: args.addr,
+        connector,
+        mode,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        duration: args.duration,
+        warmup: args.warmup,
+        workload: Workload::new(args.method, args.payload, args.keys),
+        label: args.label,
+        hdr_log: args.hdr_log,
+        progress: !args.quiet,
+        metrics,
+    };
+    let rt = runtime(threads).context("cannot start the runtime")?;
+    let result = rt.block_on(run(config));
+    shutdown.cancel();
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
+    let result = result?;
+    print!("{}", result.summary());
+    if let Some(path) = &args.json {
+        result.write(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn report_command(paths: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {
+    let runs: Vec<RunResult> = paths
+        .iter()
+        .map(|p| RunResult::read(p))
+        .collect::<anyhow::Result<_>>()?;
+    print!("{}", report::table(&runs));
+    let page = report::html(&runs)?;
+    std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;
+    eprintln!("wrote {}", html.display());
+    Ok(())
+}
+
+fn merge_command(
+    paths: &[PathBuf],
+    out: &std::path::Path,
+    logs: &[PathBuf],
+    log_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let results: Vec<RunResult> = paths
+        .iter()
+        .map(|p| RunResult::read(p))
+        .collect::<anyhow::Result<_>>()?;
+    let merged = merge_results(&results)?;
+    if let Some(log_out) = log_out {
+        let logs: Vec<IntervalLog> = logs
+            .iter()
+            .map(|p| IntervalLog::read(p))
+            .collect::<anyhow::Result<_>>()?;
+        let log = merge_logs(&logs);
+        log.write(log_out, log.start_time)?;
+        eprintln!("wrote {}", log_out.display());
+    }
+    merged.write(out)?;
+    print!("{}", merged.summary());
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
+    let results = demo(&DemoOptions {
+        rate: args.rate,
+        duration: args.duration,
+        warmup: args.warmup,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        mix: args.method,
+        payload: args.payload,
+        tls: args.tls,
+        out: args.out.clone(),
+        progress: !args.quiet,
+    })?;
+    println!();
+    print!("{}", report::table(&results));
+    println!(
+        "\nreport: {} (results and interval logs beside it)",
+        args.out.join("report.html").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,678 @@
+//! The load engine.
+//!
+//! Open loop (wrk2): a pacer thread computes the schedule, one intended send time per RPC
+//! (uniform or Poisson arrivals at the asked rate), and deals it to the connections round
+//! robin. It sleeps with `nanosleep` (about 50 µs of slack), not on tokio's millisecond timer,
+//! so the schedule is kept to tens of microseconds. A connection sends at once if it has a free
+//! slot (`--concurrency` in flight), else queues the send time. Latency is measured from the
+//! *intended* time: a stalled server is charged for every RPC it held back (coordinated
+//! omission corrected). The uncorrected latency, from the actual send, is kept beside it, and so
+//! is the generator's own lag behind its schedule.
+//!
+//! Closed loop: each slot sends its next RPC when the previous one returns.
+//!
+//! Each connection task owns its histograms (nothing shared on the hot path). Every second it
+//! hands an interval histogram to the collector, which feeds the progress line and the
+//! HdrHistogram interval log. At the end, the connections' histograms are merged.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    path::PathBuf,
+    str::FromStr,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use hdrhistogram::Histogram;
+use krpc_proto::v1::{
+    EchoRequest, GetRequest, InfoRequest, PutRequest, TlsMode as WireTlsMode,
+    bench_client::BenchClient,
+};
+use krpc_transport::Connector;
+use rand::{SeedableRng, rngs::SmallRng};
+use rand_distr::{Distribution, Exp};
+use tokio::sync::mpsc;
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    interval::IntervalLog,
+    metrics::LoadgenMetrics,
+    progress::Progress,
+    result::{
+        ConfigRecord, Environment, Latency, RunResult, ServerRecord, encode_histogram,
+        new_histogram,
+    },
+    workload::{Method, Workload},
+};
+
+/// Inter-arrival times of the open loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Evenly spaced, as wrk2.
+    Uniform,
+    /// Exponential gaps (a Poisson process): bursts, as independent clients make.
+    Poisson,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::Poisson => "poisson",
+        }
+    }
+}
+
+impl FromStr for Arrival {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uniform" => Ok(Self::Uniform),
+            "poisson" => Ok(Self::Poisson),
+            other => Err(format!(
+                "unknown arrival {other:?} (expected uniform or poisson)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Arrival {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Open loop at a rate, or closed loop.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Open { rate: f64, arrival: Arrival },
+    Closed,
+}
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// `host:port`.
+    pub target: String,
+    pub connector: Connector,
+    pub mode: Mode,
+    pub connections: usize,
+    /// RPCs in flight per connection.
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub workload: Workload,
+    /// Name in reports; default: the target's strategy and TLS path.
+    pub label: Option<String>,
+    /// Write the per-second HdrHistogram interval log here.
+    pub hdr_log: Option<PathBuf>,
+    /// Show progress (a bar on a terminal, a line a second otherwise).
+    pub progress: bool,
+    pub metrics: Option<LoadgenMetrics>,
+}
+
+/// Runs the load on the current tokio runtime and returns the result.
+pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
+    let RunConfig {
+        target,
+        connector,
+        mode,
+        connections,
+        concurrency,
+        duration,
+        warmup,
+        workload,
+        label,
+        hdr_log,
+        progress,
+        metrics,
+    } = config;
+    anyhow::ensure!(connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
+    anyhow::ensure!(!duration.is_zero(), "--duration must be above 0");
+    if let Mode::Open { rate, .. } = mode {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of RPCs per second"
+        );
+    }
+
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(krpc_client::connect(&target, connector.clone()).await?);
+    }
+    let server = server_info(&mut clients[0]).await;
+    let label = label.unwrap_or_else(|| match &server {
+        Some(s) => format!("{}/{}", s.strategy, s.tls_mode),
+        None => target.clone(),
+    });
+    if let (Some(m), Some(s)) = (&metrics, &server) {
+        m.describe_target(&s.strategy, &s.tls_mode);
+    }
+    if let (Some(m), Mode::Open { rate, .. }) = (&metrics, mode) {
+        m.asked_rate(rate);
+    }
+
+    // Schedule starts a moment from now, after the connections' tasks are running.
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let started_at = SystemTime::now()
+        .checked_add(measure_from.saturating_duration_since(Instant::now()))
+        .unwrap_or(SystemTime::now())
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+
+    let (interval_tx, interval_rx) = mpsc::unbounded_channel();
+    let window = Window { measure_from, end };
+    let mut schedules = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        let schedule = match mode {
+            Mode::Open { .. } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                schedules.push(tx);
+                Some(rx)
+            }
+            Mode::Closed => None,
+        };
+        tasks.push(tokio::spawn(connection(ConnTask {
+            index: i,
+            client,
+            schedule,
+            concurrency,
+            workload: workload.clone(),
+            window,
+            intervals: interval_tx.clone(),
+            metrics: metrics.clone(),
+        })));
+    }
+    drop(interval_tx);
+    let pacer = match mode {
+        Mode::Open { rate, arrival } => Some(
+            thread::Builder::new()
+                .name("krpc-pacer".into())
+                .spawn(move || pace(rate, arrival, start, end, schedules))
+                .context("cannot start the pacer thread")?,
+        ),
+        Mode::Closed => None,
+    };
+    let collector = tokio::spawn(collect(
+        interval_rx,
+        connections,
+        Progress::new(
+            progress,
+            duration,
+            match mode {
+                Mode::Open { rate, .. } => Some(rate),
+                Mode::Closed => None,
+            },
+        ),
+    ));
+
+    let mut total = ConnStats::new();
+    for task in tasks {
+        total.merge(task.await.context("a connection task panicked")?);
+    }
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
+    let intervals = collector.await.context("the collector panicked")?;
+    if let Some(path) = &hdr_log {
+        intervals
+            .write(path, started_at)
+            .with_context(|| format!("cannot write the interval log {}", path.display()))?;
+    }
+
+    let requests = total.ok + total.errors.values().sum::<u64>();
+    let duration_s = duration.as_secs_f64();
+    let config = ConfigRecord {
+        target,
+        tls: connector.path().as_str().to_owned(),
+        mode: match mode {
+            Mode::Open { .. } => "open",
+            Mode::Closed => "closed",
+        }
+        .to_owned(),
+        rate: match mode {
+            Mode::Open { rate, .. } => Some(rate),
+            Mode::Closed => None,
+        },
+        arrival: match mode {
+            Mode::Open { arrival, .. } => Some(arrival.as_str().to_owned()),
+            Mode::Closed => None,
+        },
+        connections,
+        concurrency,
+        duration_s,
+        warmup_s: warmup.as_secs_f64(),
+        mix: workload.mix.to_string(),
+        payload_bytes: workload.payload.len(),
+        keys: workload.keys.len() as u64,
+    };
+    Ok(RunResult {
+        format: crate::result::FORMAT,
+        label,
+        config,
+        server,
+        environment: Environment::here(started_at),
+        processes: 1,
+        duration_s,
+        requests,
+        ok: total.ok,
+        errors: total.errors,
+        achieved_rate: total.completed_in_window as f64 / duration_s,
+        latency: Latency::of(&total.corrected),
+        uncorrected: Latency::of(&total.uncorrected),
+        send_lag: Latency::of(&total.lag),
+        histogram: encode_histogram(&total.corrected),
+        uncorrected_histogram: encode_histogram(&total.uncorrected),
+        send_lag_histogram: encode_histogram(&total.lag),
+    })
+}
+
+async fn server_info(client: &mut BenchClient<Channel>) -> Option<ServerRecord> {
+    let info = client.info(InfoRequest {}).await.ok()?.into_inner();
+    Some(ServerRecord {
+        tls_mode: match info.tls_mode() {
+            WireTlsMode::Off => "off",
+            WireTlsMode::Rustls => "rustls",
+            WireTlsMode::Ktls => "ktls",
+            WireTlsMode::Unspecified => "unspecified",
+        }
+        .to_owned(),
+        version: info.version,
+        runtime: info.runtime,
+        cores: info.cores,
+        tls_version: info.tls_version,
+        cipher: info.cipher,
+        ktls: info.ktls,
+        ktls_available: info.ktls_available,
+        strategy: info.strategy,
+        handoff: info.handoff,
+    })
+}
+
+/// The schedule: intended send times from `start` until `end`, dealt round robin.
+fn pace(
+    rate: f64,
+    arrival: Arrival,
+    start: Instant,
+    end: Instant,
+    connections: Vec<mpsc::UnboundedSender<Instant>>,
+) {
+    let mut rng = SmallRng::from_os_rng();
+    let exp = Exp::new(rate).expect("rate checked positive");
+    let mut poisson_offset = 0.0f64;
+    // The i-th send time. Uniform: computed from i, not accumulated, so rounding never drifts
+    // the count (exactly rate x duration sends).
+    let mut time_of = |i: usize| match arrival {
+        Arrival::Uniform => start + Duration::from_secs_f64(i as f64 / rate),
+        Arrival::Poisson => {
+            if i > 0 {
+                poisson_offset += exp.sample(&mut rng);
+            }
+            start + Duration::from_secs_f64(poisson_offset)
+        }
+    };
+    let mut i = 0usize;
+    let mut next = time_of(0);
+    loop {
+        let now = Instant::now();
+        while next <= now {
+            if next >= end {
+                return;
+            }
+            // A connection that has gone (its task failed) just misses its share.
+            let _ = connections[i % connections.len()].send(next);
+            i += 1;
+            next = time_of(i);
+        }
+        if next >= end {
+            return;
+        }
+        thread::sleep(next - now);
+    }
+}
+
+/// The measured window.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn measures(&self, intended: Instant) -> bool {
+        intended >= self.measure_from && intended < self.end
+    }
+
+    /// Index of the interval (second of the measured window) `t` falls in.
+    fn interval(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.measure_from).as_secs()
+    }
+}
+
+/// One second's worth from one connection.
+#[derive(Debug)]
+pub(crate) struct IntervalReport {
+    pub(crate) index: u64,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: u64,
+}
+
+struct ConnStats {
+    corrected: Histogram<u64>,
+    uncorrected: Histogram<u64>,
+    lag: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    /// RPCs that completed inside the measured window (whenever they were due): throughput.
+    completed_in_window: u64,
+}
+
+impl ConnStats {
+    fn new() -> Self {
+        Self {
+            corrected: new_histogram(),
+            uncorrected: new_histogram(),
+            lag: new_histogram(),
+            ok: 0,
+            errors: BTreeMap::new(),
+            completed_in_window: 0,
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        // Same bounds everywhere: adding cannot fail.
+        let _ = self.corrected.add(&other.corrected);
+        let _ = self.uncorrected.add(&other.uncorrected);
+        let _ = self.lag.add(&other.lag);
+        self.ok += other.ok;
+        self.completed_in_window += other.completed_in_window;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(crate::result::LOWEST_US, crate::result::HIGHEST_US)
+}
+
+struct ConnTask {
+    index: usize,
+    client: BenchClient<Channel>,
+    schedule: Option<mpsc::UnboundedReceiver<Instant>>,
+    concurrency: usize,
+    workload: Workload,
+    window: Window,
+    intervals: mpsc::UnboundedSender<IntervalReport>,
+    metrics: Option<LoadgenMetrics>,
+}
+
+/// What came back: (intended, sent, done, method, status code).
+type Outcome = (Instant, Instant, Instant, Method, Code);
+
+/// After the end, in-flight RPCs get this long to finish; the rest count as CANCELLED.
+const DRAIN: Duration = Duration::from_secs(30);
+
+async fn connection(task: ConnTask) -> ConnStats {
+    let ConnTask {
+        index,
+        client,
+        mut schedule,
+        concurrency,
+        workload,
+        window,
+        intervals,
+        metrics,
+    } = task;
+    let mut rng = SmallRng::from_os_rng();
+    let mut stats = ConnStats::new();
+    let mut interval = new_histogram();
+    let mut interval_errors = 0u64;
+    let mut interval_index = 0u64;
+    let mut in_flight = FuturesUnordered::new();
+    let mut queued: VecDeque<Instant> = VecDeque::new();
+    let mut metrics = metrics.map(|m| m.connection(index));
+    let closed_loop = schedule.is_none();
+    let issue = |intended: Instant, rng: &mut SmallRng| {
+        let mut client = client.clone();
+        let method = workload.mix.pick(rng);
+        let key = workload.key(rng);
+        let payload = workload.payload.clone();
+        async move {
+            let sent = Instant::now();
+            let status = match method {
+                Method::Echo => client.echo(EchoRequest { key, payload }).await.map(drop),
+                Method::Put => client
+                    .put(PutRequest {
+                        key,
+                        value: payload,
+                    })
+                    .await
+                    .map(drop),
+                Method::Get => client.get(GetRequest { key }).await.map(drop),
+            };
+            let code = status.err().map_or(Code::Ok, |s| s.code());
+            (intended, sent, Instant::now(), method, code) as Outcome
+        }
+    };
+    if closed_loop {
+        let now = Instant::now();
+        for _ in 0..concurrency {
+            in_flight.push(issue(now, &mut rng));
+        }
+    }
+    let mut tick = tokio::time::interval_at(
+        (window.measure_from + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    let drain_deadline = tokio::time::sleep_until((window.end + DRAIN).into());
+    tokio::pin!(drain_deadline);
+    loop {
+        tokio::select! {
+            biased;
+            Some((intended, sent, done, method, code)) = in_flight.next() => {
+                if window.measures(done) {
+                    stats.completed_in_window += 1;
+                }
+                if window.measures(intended) {
+                    let latency = micros(done - intended);
+                    let _ = stats.corrected.record(latency);
+                    let _ = stats.uncorrected.record(micros(done - sent));
+                    let _ = stats.lag.record(micros(sent.saturating_duration_since(intended)));
+                    let _ = interval.record(latency);
+                    if code == Code::Ok {
+                        stats.ok += 1;
+                    } else {
+                        *stats.errors.entry(code_name(code).to_owned()).or_default() += 1;
+                        interval_errors += 1;
+                    }
+                    if let Some(m) = &mut metrics {
+                        m.record(method, code, latency);
+                    }
+                }
+                let now = Instant::now();
+                if closed_loop {
+                    if now < window.end {
+                        in_flight.push(issue(now, &mut rng));
+                    }
+                } else if let Some(intended) = queued.pop_front() {
+                    in_flight.push(issue(intended, &mut rng));
+                }
+            }
+            next = recv(&mut schedule) => match next {
+                Some(intended) if in_flight.len() < concurrency => {
+                    in_flight.push(issue(intended, &mut rng));
+                }
+                Some(intended) => queued.push_back(intended),
+                None => schedule = None,
+            },
+            _ = tick.tick() => {
+                let now_index = window.interval(Instant::now());
+                if now_index > interval_index && Instant::now() <= window.end + Duration::from_secs(1) {
+                    let _ = intervals.send(IntervalReport {
+                        index: interval_index,
+                        latency: std::mem::replace(&mut interval, new_histogram()),
+                        errors: std::mem::take(&mut interval_errors),
+                    });
+                    interval_index = now_index;
+                }
+            }
+            () = &mut drain_deadline => {
+                // The server holds these past any reasonable time: count, do not wait forever.
+                let stuck = (in_flight.len() + queued.len()) as u64;
+                if stuck > 0 {
+                    *stats.errors.entry(code_name(Code::Cancelled).to_owned()).or_default() += stuck;
+                }
+                break;
+            }
+        }
+        let schedule_done = schedule.is_none() && (closed_loop || queued.is_empty());
+        if schedule_done && in_flight.is_empty() && (!closed_loop || Instant::now() >= window.end) {
+            break;
+        }
+    }
+    // The last, partial second.
+    if !interval.is_empty() || interval_errors > 0 {
+        let _ = intervals.send(IntervalReport {
+            index: interval_index,
+            latency: interval,
+            errors: interval_errors,
+        });
+    }
+    stats
+}
+
+async fn recv(schedule: &mut Option<mpsc::UnboundedReceiver<Instant>>) -> Option<Instant> {
+    match schedule {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// gRPC status names as grpc-status documents them (and the server's metrics label them).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Merges the connections' seconds into one histogram per second.
+async fn collect(
+    mut reports: mpsc::UnboundedReceiver<IntervalReport>,
+    connections: usize,
+    mut progress: Progress,
+) -> IntervalLog {
+    let mut log = IntervalLog::default();
+    let mut pending: BTreeMap<u64, (Histogram<u64>, u64, usize)> = BTreeMap::new();
+    while let Some(report) = reports.recv().await {
+        let entry = pending
+            .entry(report.index)
+            .or_insert_with(|| (new_histogram(), 0, 0));
+        let _ = entry.0.add(&report.latency);
+        entry.1 += report.errors;
+        entry.2 += 1;
+        // A second is complete once every connection reported it.
+        while let Some(first) = pending.first_entry() {
+            if first.get().2 < connections {
+                break;
+            }
+            let (index, (h, errors, _)) = first.remove_entry();
+            progress.second(index, &h, errors);
+            log.push(index, h);
+        }
+    }
+    for (index, (h, errors, _)) in pending {
+        progress.second(index, &h, errors);
+        log.push(index, h);
+    }
+    progress.finish();
+    log
+}
+
+/// Helper for tests and the demo: a multi-thread runtime with `threads` workers.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("krpc-loadgen")
+        .enable_all()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_schedule_keeps_rate_and_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        pace(
+            2000.0,
+            Arrival::Uniform,
+            start,
+            start + Duration::from_millis(500),
+            vec![tx, tx2],
+        );
+        let mut times = Vec::new();
+        while let Ok(t) = rx.try_recv() {
+            times.push(t);
+        }
+        let mut other = Vec::new();
+        while let Ok(t) = rx2.try_recv() {
+            other.push(t);
+        }
+        assert_eq!(times.len() + other.len(), 1000);
+        assert_eq!(times.len(), 500, "dealt round robin");
+        assert!(
+            times
+                .windows(2)
+                .all(|w| w[1] - w[0] == Duration::from_secs_f64(1.0 / 1000.0))
+        );
+    }
+
+    #[test]
+    fn poisson_schedule_has_the_asked_mean_rate() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        pace(
+            20_000.0,
+            Arrival::Poisson,
+            start,
+            start + Duration::from_millis(500),
+            vec![tx],
+        );
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        // 10,000 expected; Poisson sd is 100.
+        assert!((9_500..10_500).contains(&n), "{n}");
+    }
+}
