@@ -2,6 +2,7 @@
 //! HdrHistograms; results as JSON and interval logs; reports that put runs side by side; the
 //! demo that compares the four free strategies.
 
+mod conn;
 pub mod demo;
 pub mod interval;
 pub mod merge;

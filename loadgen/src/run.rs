@@ -35,9 +35,10 @@ use krpc_transport::Connector;
 use rand::{SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Exp};
 use tokio::sync::mpsc;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use crate::{
+    conn::H2,
     interval::IntervalLog,
     metrics::LoadgenMetrics,
     progress::Progress,
@@ -143,7 +144,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
 
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(krpc_client::connect(&target, connector.clone()).await?);
+        clients.push(BenchClient::new(H2::connect(&target, &connector).await?));
     }
     let server = server_info(&mut clients[0]).await;
     let label = label.unwrap_or_else(|| match &server {
@@ -275,7 +276,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     })
 }
 
-async fn server_info(client: &mut BenchClient<Channel>) -> Option<ServerRecord> {
+async fn server_info(client: &mut BenchClient<H2>) -> Option<ServerRecord> {
     let info = client.info(InfoRequest {}).await.ok()?.into_inner();
     Some(ServerRecord {
         tls_mode: match info.tls_mode() {
@@ -408,7 +409,7 @@ fn micros(d: Duration) -> u64 {
 
 struct ConnTask {
     index: usize,
-    client: BenchClient<Channel>,
+    client: BenchClient<H2>,
     schedule: Option<mpsc::UnboundedReceiver<Instant>>,
     concurrency: usize,
     workload: Workload,

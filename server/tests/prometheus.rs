@@ -10,116 +10,14 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{Options, TestServer, drive};
 use krpc_server::{Handoff, Strategy};
+use krpc_testkit::{Job, Prometheus, prometheus_binary};
 use krpc_transport::TlsPath;
-
-/// The Prometheus child process; killed (by PID) and reaped on drop.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(binary: &Path, dir: &Path, targets: &[SocketAddr]) -> Self {
-        let list = targets
-            .iter()
-            .map(|t| format!("'{t}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Two jobs on the same endpoints: `krpc` negotiates protobuf (native histograms);
-        // Prometheus 2.42 then drops the classic buckets, so `krpc-classic` asks for text.
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
-             \x20 - job_name: krpc\n    static_configs:\n      - targets: [{list}]\n\
-             \x20 - job_name: krpc-classic\n    params:\n      format: [text]\n    static_configs:\n      - targets: [{list}]\n"
-        );
-        let config_file = dir.join("prometheus.yml");
-        std::fs::write(&config_file, config).unwrap();
-        // A free loopback port: bound, read, released, handed over.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = dir.join("prometheus.log");
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--enable-feature=native-histograms")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let prometheus = Self { child, addr, log };
-        prometheus.wait_ready();
-        prometheus
-    }
-
-    fn wait_ready(&self) {
-        let url = format!("http://{}/-/ready", self.addr);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(&url).call().is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus not ready after 60 s; its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// An instant query; `strategy` label → value.
-    fn query(&self, promql: &str) -> BTreeMap<String, f64> {
-        let url = format!("http://{}/api/v1/query", self.addr);
-        let body = ureq::get(&url)
-            .query("query", promql)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["status"], "success", "{promql}: {body}");
-        json["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let strategy = r["metric"]["strategy"].as_str().unwrap_or("").to_owned();
-                let value = r["value"][1].as_str().unwrap().parse::<f64>().unwrap();
-                (strategy, value)
-            })
-            .collect()
-    }
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
 
 const STRATEGIES: [&str; 4] = ["global", "local", "per-conn", "per-core"];
 
@@ -155,7 +53,7 @@ fn check(prometheus: &Prometheus) -> Result<(), String> {
         ),
     ];
     for (what, promql, zero_ok) in checks {
-        let result = prometheus.query(&promql);
+        let result = prometheus.query_by(&promql, "strategy");
         for strategy in STRATEGIES {
             match result.get(strategy) {
                 None => return Err(format!("{what}: no data for strategy {strategy}")),
@@ -180,12 +78,7 @@ fn check(prometheus: &Prometheus) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_strategy_and_answers_quantiles_and_rates() {
-    let Some(binary) = find_on_path("prometheus") else {
-        assert!(
-            std::env::var_os("KRPC_REQUIRE_PROMETHEUS").is_none(),
-            "KRPC_REQUIRE_PROMETHEUS is set but `prometheus` is not on PATH"
-        );
-        eprintln!("SKIPPED: `prometheus` is not installed (scripts/test installs Debian's)");
+    let Some(binary) = prometheus_binary() else {
         return;
     };
     let servers: Vec<TestServer> = Strategy::ALL
@@ -202,7 +95,16 @@ async fn prometheus_scrapes_every_strategy_and_answers_quantiles_and_rates() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let targets: Vec<SocketAddr> = servers.iter().map(|s| s.metrics_addr).collect();
-    let prometheus = Prometheus::start(&binary, dir.path(), &targets);
+    // Two jobs on the same endpoints: `krpc` negotiates protobuf (native histograms);
+    // Prometheus 2.42 then drops the classic buckets, so `krpc-classic` asks for text.
+    let prometheus = Prometheus::start(
+        &binary,
+        dir.path(),
+        &[
+            Job::new("krpc", &targets),
+            Job::new("krpc-classic", &targets).param("format", "text"),
+        ],
+    );
 
     let mut channels = Vec::new();
     for server in &servers {
@@ -225,7 +127,7 @@ async fn prometheus_scrapes_every_strategy_and_answers_quantiles_and_rates() {
             Ok(()) => break,
             Err(missing) if Instant::now() > deadline => panic!(
                 "after {rounds} rounds of load, Prometheus still lacks: {missing}\nits log:\n{}",
-                std::fs::read_to_string(&prometheus.log).unwrap_or_default()
+                prometheus.log()
             ),
             Err(_) => {}
         }
