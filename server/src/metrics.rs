@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use krpc_pool::{DRAIN_BUCKETS, FREE_NS_BUCKETS, Pool, free_ns_bound};
-use krpc_transport::{KtlsSupport, TlsPath};
+use krpc_transport::{KtlsSupport, NicTlsOffload, TlsPath};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
@@ -166,6 +166,7 @@ impl Metrics {
         registry.register_collector(Box::new(KtlsCollector {
             support: info.ktls.clone(),
             tls_stat: TLS_STAT.into(),
+            nics: krpc_transport::nic_tls_offload,
         }));
         let slots = pool_slots(info);
         Self {
@@ -419,6 +420,8 @@ impl Collector for PoolCollector {
 struct KtlsCollector {
     support: KtlsSupport,
     tls_stat: std::path::PathBuf,
+    /// The NICs' TLS offload features (ethtool), read at each scrape.
+    nics: fn() -> Vec<NicTlsOffload>,
 }
 
 impl Collector for KtlsCollector {
@@ -434,6 +437,29 @@ impl Collector for KtlsCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        let nics = (self.nics)();
+        for (name, help, field) in [
+            (
+                "nic_tls_offload_available",
+                "1 when the interface can do kTLS record crypto itself (ethtool feature tls-hw-{tx,rx}-offload)",
+                (|n: &NicTlsOffload, tx: bool| if tx { n.tx_available } else { n.rx_available })
+                    as fn(&NicTlsOffload, bool) -> bool,
+            ),
+            (
+                "nic_tls_offload_active",
+                "1 when that offload is switched on (ethtool -K IFACE tls-hw-tx-offload on)",
+                |n: &NicTlsOffload, tx: bool| if tx { n.tx_active } else { n.rx_active },
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for nic in &nics {
+                for (direction, tx) in [("tx", true), ("rx", false)] {
+                    ConstGauge::new(i64::from(field(nic, tx))).encode(family.encode_family(
+                        &[("iface", nic.iface.as_str()), ("direction", direction)],
+                    )?)?;
+                }
+            }
+        }
         let Some(stats) = stats else { return Ok(()) };
         let parsed = parse_tls_stat(&stats);
         let offload = ConstGauge::new(i64::from(parsed.iter().any(|(name, value)| {
@@ -626,6 +652,7 @@ mod tests {
         let text = encode(KtlsCollector {
             support: KtlsSupport::probe(),
             tls_stat: "/nonexistent/tls_stat".into(),
+            nics: Vec::new,
         });
         assert!(text.contains("krpc_ktls_available 0\n"), "{text}");
         assert!(!text.contains("krpc_kernel_tls"), "{text}");
@@ -645,6 +672,15 @@ mod tests {
         let text = encode(KtlsCollector {
             support: KtlsSupport::unavailable("test"),
             tls_stat: file,
+            nics: || {
+                vec![NicTlsOffload {
+                    iface: "eth9".into(),
+                    tx_available: true,
+                    tx_active: false,
+                    rx_available: false,
+                    rx_active: false,
+                }]
+            },
         });
         std::fs::remove_dir_all(&dir).unwrap();
         // The probe said no: not available, whatever the file says.
@@ -663,6 +699,14 @@ mod tests {
         );
         assert!(
             text.contains("krpc_kernel_tls_events_total{stat=\"TlsDecryptError\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_nic_tls_offload_available{iface=\"eth9\",direction=\"tx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_nic_tls_offload_active{iface=\"eth9\",direction=\"tx\"} 0\n"),
             "{text}"
         );
     }

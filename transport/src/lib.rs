@@ -9,6 +9,7 @@ mod connect;
 mod error;
 mod io;
 mod mode;
+mod nic;
 mod probe;
 
 pub use accept::{Acceptor, HandshakeError, HandshakeFailure};
@@ -18,6 +19,7 @@ pub use connect::{ConnectError, Connector};
 pub use error::TransportError;
 pub use io::{Conn, ConnInfo};
 pub use mode::{TlsMode, TlsPath};
+pub use nic::{NicTlsOffload, nic_tls_offload};
 pub use probe::KtlsSupport;
 
 /// ALPN protocol id of HTTP/2, the only one krpc speaks.
