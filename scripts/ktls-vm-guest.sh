@@ -3,7 +3,9 @@
 # For each TLS mode: start krpc-server, make 5,000 Echo RPCs with the krpc client in the same
 # mode, sample /proc/net/tls_stat while they run, and check what the kernel saw.
 #   rustls: the kernel's session counters stay at 0 (so the ktls check can fail);
-#   ktls:   TlsCurrTxSw and TlsCurrRxSw reach >= 2 (both ends in the kernel), no decrypt error.
+#   ktls:   TlsCurrTxSw and TlsCurrRxSw reach >= 2 (both ends in the kernel), no decrypt error;
+#           krpc-loadgen runs over kTLS without errors; the server's /metrics says
+#           krpc_ktls_available 1 and re-exports the kernel's counters.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -49,6 +51,13 @@ run_mode() {
         sleep 0.02
     done
     wait $client; client_rc=$?
+    if [ "$mode" = ktls ]; then
+        # While the server still runs: the load generator over kTLS, and the server's metrics.
+        krpc-loadgen run --tls ktls --ca certs/ca.pem --addr 127.0.0.1:50051 --rate 100 \
+            --duration 3s --warmup 1s --connections 2 --concurrency 4 --quiet \
+            --json "$here/loadgen.json" >"$here/loadgen.out" 2>&1; loadgen_rc=$?
+        wget -qO- http://127.0.0.1:9100/metrics >"$here/metrics.txt" 2>&1; metrics_rc=$?
+    fi
     kill -TERM $server; wait $server; server_rc=$?
 
     echo "== $mode: client exit $client_rc, server exit $server_rc"
@@ -78,6 +87,21 @@ run_mode() {
         [ "$max_tx" -ge 2 ] || fail "ktls: TlsCurrTxSw peaked at $max_tx, expected >= 2"
         [ "$max_rx" -ge 2 ] || fail "ktls: TlsCurrRxSw peaked at $max_rx, expected >= 2"
         grep -q "^ktls: *on" "$here/info-$mode.out" || fail "ktls: Info says kTLS does not carry it"
+        # krpc-loadgen over kTLS: every RPC answered OK, and the server said kTLS carried it.
+        sed 's/^/  loadgen: /' "$here/loadgen.out"
+        [ "$loadgen_rc" -eq 0 ] || fail "ktls: krpc-loadgen exited $loadgen_rc"
+        grep -q "errors: none" "$here/loadgen.out" || fail "ktls: krpc-loadgen saw errors"
+        grep -q '"tls_mode": "ktls"' "$here/loadgen.json" || fail "ktls: loadgen's result does not say ktls"
+        # The server's metrics on a kernel with kTLS: available, connections by kTLS, and the
+        # kernel's own counters re-exported.
+        [ "$metrics_rc" -eq 0 ] || fail "ktls: cannot fetch /metrics: $(cat "$here/metrics.txt")"
+        grep -E '^krpc_(ktls_available|kernel_tls_current\{stat="TlsCurrTxSw"\}|connections_accepted_total\{tls="ktls"\})' \
+            "$here/metrics.txt" | sed 's/^/  metrics: /'
+        grep -q '^krpc_ktls_available 1$' "$here/metrics.txt" || fail "ktls: krpc_ktls_available is not 1"
+        grep -q '^krpc_kernel_tls_current{stat="TlsCurrTxSw"} ' "$here/metrics.txt" \
+            || fail "ktls: the kernel's TlsCurrTxSw is not re-exported"
+        grep -q '^krpc_connections_accepted_total{tls="ktls"} ' "$here/metrics.txt" \
+            || fail "ktls: no connection counted under tls=ktls"
         ;;
     esac
 }
