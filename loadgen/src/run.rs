@@ -28,17 +28,17 @@ use anyhow::Context;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use hdrhistogram::Histogram;
 use krpc_proto::v1::{
-    EchoRequest, GetRequest, InfoRequest, PutRequest, TlsMode as WireTlsMode,
-    bench_client::BenchClient,
+    EchoRequest, EchoResponse, GetRequest, GetResponse, InfoRequest, InfoResponse, PutRequest,
+    PutResponse, TlsMode as WireTlsMode,
 };
 use krpc_transport::Connector;
 use rand::{SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Exp};
 use tokio::sync::mpsc;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::{
-    conn::H2,
+    conn::GrpcConn,
     interval::IntervalLog,
     metrics::LoadgenMetrics,
     progress::Progress,
@@ -144,9 +144,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
 
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(BenchClient::new(H2::connect(&target, &connector).await?));
+        clients.push(GrpcConn::connect(&target, &connector).await?);
     }
-    let server = server_info(&mut clients[0]).await;
+    let server = server_info(&clients[0]).await;
     let label = label.unwrap_or_else(|| match &server {
         Some(s) => format!("{}/{}", s.strategy, s.tls_mode),
         None => target.clone(),
@@ -276,8 +276,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     })
 }
 
-async fn server_info(client: &mut BenchClient<H2>) -> Option<ServerRecord> {
-    let info = client.info(InfoRequest {}).await.ok()?.into_inner();
+async fn server_info(client: &GrpcConn) -> Option<ServerRecord> {
+    let info: InfoResponse = client
+        .unary("/krpc.v1.Bench/Info", &InfoRequest {})
+        .await
+        .ok()?;
     Some(ServerRecord {
         tls_mode: match info.tls_mode() {
             WireTlsMode::Off => "off",
@@ -409,7 +412,7 @@ fn micros(d: Duration) -> u64 {
 
 struct ConnTask {
     index: usize,
-    client: BenchClient<H2>,
+    client: GrpcConn,
     schedule: Option<mpsc::UnboundedReceiver<Instant>>,
     concurrency: usize,
     workload: Workload,
@@ -445,22 +448,44 @@ async fn connection(task: ConnTask) -> ConnStats {
     let mut metrics = metrics.map(|m| m.connection(index));
     let closed_loop = schedule.is_none();
     let issue = |intended: Instant, rng: &mut SmallRng| {
-        let mut client = client.clone();
+        let client = client.clone();
         let method = workload.mix.pick(rng);
         let key = workload.key(rng);
         let payload = workload.payload.clone();
         async move {
             let sent = Instant::now();
             let status = match method {
-                Method::Echo => client.echo(EchoRequest { key, payload }).await.map(drop),
+                Method::Echo => client
+                    .unary::<EchoResponse>(
+                        "/krpc.v1.Bench/Echo",
+                        &EchoRequest {
+                            key,
+                            payload: payload.clone(),
+                        },
+                    )
+                    .await
+                    .and_then(|reply| {
+                        // An echo that is not the payload is a wrong answer, not a success.
+                        if reply.payload == payload {
+                            Ok(())
+                        } else {
+                            Err(Status::data_loss("the echo differs from the payload"))
+                        }
+                    }),
                 Method::Put => client
-                    .put(PutRequest {
-                        key,
-                        value: payload,
-                    })
+                    .unary::<PutResponse>(
+                        "/krpc.v1.Bench/Put",
+                        &PutRequest {
+                            key,
+                            value: payload,
+                        },
+                    )
                     .await
                     .map(drop),
-                Method::Get => client.get(GetRequest { key }).await.map(drop),
+                Method::Get => client
+                    .unary::<GetResponse>("/krpc.v1.Bench/Get", &GetRequest { key })
+                    .await
+                    .map(drop),
             };
             let code = status.err().map_or(Code::Ok, |s| s.code());
             (intended, sent, Instant::now(), method, code) as Outcome
