@@ -13,6 +13,8 @@ use krpc_transport::Connector;
 use prost::Message;
 use tonic::{Code, Status};
 
+use crate::error::{LoadgenError, Result};
+
 /// One HTTP/2 connection; cheap to clone (all clones share it).
 #[derive(Clone, Debug)]
 pub(crate) struct GrpcConn {
@@ -22,24 +24,31 @@ pub(crate) struct GrpcConn {
 
 impl GrpcConn {
     /// Dials `target` (`host:port`) through `connector` (TLS off/rustls/kTLS) and starts HTTP/2.
-    pub(crate) async fn connect(target: &str, connector: &Connector) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(target: &str, connector: &Connector) -> Result<Self> {
+        let bad_target = || LoadgenError::Target {
+            target: target.to_owned(),
+        };
         let (host, port) = target
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("target {target:?} is not host:port"))?;
-        let authority: http::uri::Authority = target
-            .parse()
-            .map_err(|e| anyhow::anyhow!("target {target:?} is not host:port: {e}"))?;
+            .ok_or_else(bad_target)?;
+        let authority: http::uri::Authority = target.parse().map_err(|_| bad_target())?;
         let conn = connector
             .connect(host, port)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {target}: {}", chain(&e)))?;
+            .map_err(|source| LoadgenError::Connect {
+                target: target.to_owned(),
+                source,
+            })?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .handshake::<_, Bytes>(conn)
             .await
-            .map_err(|e| anyhow::anyhow!("HTTP/2 handshake with {target} failed: {e}"))?;
+            .map_err(|source| LoadgenError::Http2 {
+                target: target.to_owned(),
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "HTTP/2 connection ended");
@@ -153,17 +162,6 @@ fn h2_status(e: h2::Error) -> Status {
         Some(_) => Status::internal(e.to_string()),
         None => Status::unavailable(e.to_string()),
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

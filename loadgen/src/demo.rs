@@ -5,13 +5,13 @@
 
 use std::{path::PathBuf, thread, time::Duration};
 
-use anyhow::Context;
 use krpc_client::TlsArgs;
 use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
 use krpc_transport::{Acceptor, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    error::{LoadgenError, Result},
     report,
     result::RunResult,
     run::{Arrival, Mode, RunConfig, run, runtime},
@@ -34,10 +34,12 @@ pub struct DemoOptions {
 }
 
 /// Runs every strategy; returns the results in `Strategy::ALL` order.
-pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    let certs_dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| LoadgenError::file("create", &opts.out, e))?;
+    let certs_dir = tempfile::tempdir().map_err(|e| LoadgenError::Runtime {
+        what: "cannot create a temporary directory for the certificates",
+        source: Some(e),
+    })?;
     let certs = DevCerts::generate(&[])?.write(certs_dir.path())?;
     let ktls = if opts.tls == TlsMode::Off {
         KtlsSupport::unavailable("not probed (--tls off)")
@@ -60,7 +62,10 @@ pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
         server_name: None,
     };
     let connector = client_tls.connector_with(&ktls)?;
-    let rt = runtime(cores).context("cannot start the load generator's runtime")?;
+    let rt = runtime(cores).map_err(|e| LoadgenError::Runtime {
+        what: "cannot start the load generator's runtime",
+        source: Some(e),
+    })?;
     let mut results = Vec::new();
     for strategy in Strategy::ALL {
         let acceptor = match path {
@@ -83,9 +88,13 @@ pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
             },
             acceptor,
         );
-        let listeners = krpc_server::bind("127.0.0.1:0".parse().expect("valid address"), cores)
-            .context("cannot bind the embedded server")?;
-        let addr = listeners[0].local_addr()?;
+        let bind_err = |e| LoadgenError::Runtime {
+            what: "cannot bind the embedded server to 127.0.0.1:0",
+            source: Some(e),
+        };
+        let listeners = krpc_server::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), cores)
+            .map_err(bind_err)?;
+        let addr = listeners[0].local_addr().map_err(bind_err)?;
         let shutdown = CancellationToken::new();
         let serving = thread::spawn({
             let (server, shutdown) = (server.clone(), shutdown.clone());
@@ -117,8 +126,13 @@ pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
         let result = outcome?;
         match served {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e).context("the embedded server failed"),
-            Err(_) => anyhow::bail!("the embedded server panicked"),
+            Ok(Err(e)) => return Err(LoadgenError::Server(e)),
+            Err(_) => {
+                return Err(LoadgenError::Runtime {
+                    what: "the embedded server panicked",
+                    source: None,
+                });
+            }
         }
         let pool = server.pool().snapshot().total();
         eprintln!(
@@ -130,7 +144,6 @@ pub fn demo(opts: &DemoOptions) -> anyhow::Result<Vec<RunResult>> {
     }
     let html = report::html(&results)?;
     let report_path = opts.out.join("report.html");
-    std::fs::write(&report_path, html)
-        .with_context(|| format!("cannot write {}", report_path.display()))?;
+    std::fs::write(&report_path, html).map_err(|e| LoadgenError::file("write", &report_path, e))?;
     Ok(results)
 }

@@ -4,7 +4,6 @@
 
 use std::{collections::BTreeMap, io::Write, path::Path, time::Duration};
 
-use anyhow::{Context, bail};
 use hdrhistogram::{
     Histogram,
     serialization::{
@@ -13,7 +12,10 @@ use hdrhistogram::{
     },
 };
 
-use crate::result::new_histogram;
+use crate::{
+    error::{LoadgenError, Result},
+    result::new_histogram,
+};
 
 /// Seconds (from the start of measurement) → that second's latency histogram.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -36,7 +38,7 @@ impl IntervalLog {
     }
 
     /// Writes the log with `StartTime`/`BaseTime` = `start_time` (Unix seconds).
-    pub fn write(&self, path: &Path, start_time: f64) -> anyhow::Result<()> {
+    pub fn write(&self, path: &Path, start_time: f64) -> Result<()> {
         let mut out = Vec::new();
         let base = Duration::from_secs_f64(start_time.max(0.0));
         {
@@ -47,7 +49,7 @@ impl IntervalLog {
                 .with_base_time(std::time::UNIX_EPOCH + base)
                 .with_max_value_divisor(1000.0)
                 .begin_log_with(&mut out, &mut serializer)
-                .context("cannot start the interval log")?;
+                .map_err(|e| LoadgenError::file("write", path, e))?;
             for (second, h) in &self.intervals {
                 writer
                     .write_histogram(
@@ -56,7 +58,9 @@ impl IntervalLog {
                         Duration::from_secs(1),
                         None,
                     )
-                    .map_err(|e| anyhow::anyhow!("cannot write an interval: {e:?}"))?;
+                    .map_err(|e| {
+                        LoadgenError::file("write", path, std::io::Error::other(format!("{e:?}")))
+                    })?;
             }
         }
         // The legend line HdrHistogram's Java writer puts before the intervals (readers skip
@@ -73,13 +77,16 @@ impl IntervalLog {
         );
         std::fs::File::create(path)
             .and_then(|mut f| f.write_all(text.as_bytes()))
-            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(|e| LoadgenError::file("write", path, e))
     }
 
     /// Reads a log written by [`Self::write`] (or any log with a BaseTime and 1 s intervals).
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| LoadgenError::file("read", path, e))?;
+        let not_a_log = |detail: String| LoadgenError::NotALog {
+            path: path.to_owned(),
+            detail,
+        };
         let mut log = Self::default();
         let mut deserializer = Deserializer::new();
         for entry in IntervalLogIterator::new(&bytes) {
@@ -92,25 +99,17 @@ impl IntervalLog {
                         &base64::engine::general_purpose::STANDARD,
                         i.encoded_histogram(),
                     )
-                    .with_context(|| format!("{}: an interval is not base64", path.display()))?;
+                    .map_err(|e| not_a_log(format!("an interval is not base64: {e}")))?;
                     let h: Histogram<u64> = deserializer
                         .deserialize(&mut bytes.as_slice())
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "{}: an interval does not decode: {e:?}",
-                                path.display()
-                            )
-                        })?;
+                        .map_err(|e| not_a_log(format!("an interval does not decode: {e:?}")))?;
                     let mut widened = new_histogram();
                     widened
                         .add(&h)
-                        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+                        .map_err(|e| not_a_log(format!("an interval is out of range: {e:?}")))?;
                     log.push(i.start_timestamp().as_secs(), widened);
                 }
-                Err(e) => bail!(
-                    "{} is not an HdrHistogram interval log: {e:?}",
-                    path.display()
-                ),
+                Err(e) => return Err(not_a_log(format!("{e:?}"))),
             }
         }
         Ok(log)

@@ -4,6 +4,7 @@
 
 mod conn;
 pub mod demo;
+pub mod error;
 pub mod interval;
 pub mod merge;
 pub mod metrics;

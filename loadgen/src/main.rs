@@ -240,7 +240,7 @@ fn report_command(paths: &[PathBuf], html: &std::path::Path) -> anyhow::Result<(
     let runs: Vec<RunResult> = paths
         .iter()
         .map(|p| RunResult::read(p))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     print!("{}", report::table(&runs));
     let page = report::html(&runs)?;
     std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;
@@ -257,13 +257,13 @@ fn merge_command(
     let results: Vec<RunResult> = paths
         .iter()
         .map(|p| RunResult::read(p))
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     let merged = merge_results(&results)?;
     if let Some(log_out) = log_out {
         let logs: Vec<IntervalLog> = logs
             .iter()
             .map(|p| IntervalLog::read(p))
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         let log = merge_logs(&logs);
         log.write(log_out, log.start_time)?;
         eprintln!("wrote {}", log_out.display());

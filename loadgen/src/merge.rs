@@ -2,39 +2,34 @@
 //! becomes one result. Histograms are added, not averaged: the merged percentiles are those of
 //! every RPC of every process. Interval logs are aligned on wall-clock seconds.
 
-use anyhow::{Context, bail};
-
 use crate::{
+    error::{LoadgenError, Result},
     interval::IntervalLog,
     result::{Latency, RunResult, decode_histogram, encode_histogram},
 };
 
 /// Adds up results of processes that ran the same workload over the same window.
-pub fn merge_results(results: &[RunResult]) -> anyhow::Result<RunResult> {
+pub fn merge_results(results: &[RunResult]) -> Result<RunResult> {
     let Some(first) = results.first() else {
-        bail!("nothing to merge: give at least one result file");
+        return Err(LoadgenError::NothingToMerge);
     };
+    let workload = |r: &RunResult| format!("{} with {} B", r.config.mix, r.config.payload_bytes);
     for r in &results[1..] {
-        if r.config.mix != first.config.mix || r.config.payload_bytes != first.config.payload_bytes
-        {
-            bail!(
-                "results ran different workloads ({} with {} B vs {} with {} B): merging them would mix up latencies",
-                first.config.mix,
-                first.config.payload_bytes,
-                r.config.mix,
-                r.config.payload_bytes
-            );
+        if workload(r) != workload(first) {
+            return Err(LoadgenError::DifferentWorkloads {
+                first: workload(first),
+                other: workload(r),
+            });
         }
     }
     let mut merged = first.clone();
-    let add = |field: fn(&RunResult) -> &str| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let add = |field: fn(&RunResult) -> &str| -> Result<hdrhistogram::Histogram<u64>> {
         let mut total = decode_histogram(field(first))?;
         for r in &results[1..] {
-            let h = decode_histogram(field(r))
-                .with_context(|| format!("result {:?} has a bad histogram", r.label))?;
-            total
-                .add(&h)
-                .map_err(|e| anyhow::anyhow!("histograms do not add: {e:?}"))?;
+            let h = decode_histogram(field(r))?;
+            total.add(&h).map_err(|e| LoadgenError::Histogram {
+                detail: format!("run {:?} does not add up: {e:?}", r.label),
+            })?;
         }
         Ok(total)
     };

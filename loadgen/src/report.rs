@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-use crate::result::{RunResult, fmt_us};
+use crate::{
+    error::Result,
+    result::{RunResult, fmt_us},
+};
 
 /// The comparison table. The first run is the baseline of the ratio columns.
 pub fn table(runs: &[RunResult]) -> String {
@@ -108,11 +111,11 @@ fn escape(s: &str) -> String {
 }
 
 /// The HTML report. Fails only if a run's histogram does not decode.
-pub fn html(runs: &[RunResult]) -> anyhow::Result<String> {
+pub fn html(runs: &[RunResult]) -> Result<String> {
     let histograms: Vec<Histogram<u64>> = runs
         .iter()
         .map(RunResult::histogram)
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<Result<_>>()?;
     let mut out = String::new();
     let _ = write!(
         out,

@@ -5,13 +5,14 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use anyhow::{Context, bail};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hdrhistogram::{
     Histogram,
     serialization::{Deserializer, Serializer, V2DeflateSerializer},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::error::{LoadgenError, Result};
 
 /// Latencies are recorded in microseconds, 1 µs to 60 s, 3 significant digits.
 pub const LOWEST_US: u64 = 1;
@@ -34,13 +35,17 @@ pub fn encode_histogram(h: &Histogram<u64>) -> String {
     STANDARD.encode(bytes)
 }
 
-pub fn decode_histogram(encoded: &str) -> anyhow::Result<Histogram<u64>> {
+pub fn decode_histogram(encoded: &str) -> Result<Histogram<u64>> {
     let bytes = STANDARD
         .decode(encoded.trim())
-        .context("histogram is not valid base64")?;
+        .map_err(|e| LoadgenError::Histogram {
+            detail: format!("not base64: {e}"),
+        })?;
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut bytes.as_slice())
-        .map_err(|e| anyhow::anyhow!("histogram does not decode: {e:?}"))?;
+        .map_err(|e| LoadgenError::Histogram {
+            detail: format!("{e:?}"),
+        })?;
     Ok(h)
 }
 
@@ -176,28 +181,30 @@ pub struct RunResult {
 }
 
 impl RunResult {
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let result: Self = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a krpc-loadgen result (JSON)", path.display()))?;
+    pub fn read(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| LoadgenError::file("read", path, e))?;
+        let result: Self =
+            serde_json::from_str(&text).map_err(|source| LoadgenError::NotAResult {
+                path: path.to_owned(),
+                source,
+            })?;
         if result.format != FORMAT {
-            bail!(
-                "{} has result format {}, this krpc-loadgen reads format {FORMAT}",
-                path.display(),
-                result.format
-            );
+            return Err(LoadgenError::Format {
+                path: path.to_owned(),
+                found: result.format,
+            });
         }
         Ok(result)
     }
 
-    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        // Plain data (strings, numbers, maps with string keys): serializing cannot fail.
         let json = serde_json::to_string_pretty(self).expect("results serialize");
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(path, json + "\n").map_err(|e| LoadgenError::file("write", path, e))
     }
 
-    pub fn histogram(&self) -> anyhow::Result<Histogram<u64>> {
+    pub fn histogram(&self) -> Result<Histogram<u64>> {
         decode_histogram(&self.histogram)
     }
 

@@ -24,7 +24,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use hdrhistogram::Histogram;
 use krpc_proto::v1::{
@@ -39,6 +38,7 @@ use tonic::{Code, Status};
 
 use crate::{
     conn::GrpcConn,
+    error::{LoadgenError, Result},
     interval::IntervalLog,
     metrics::LoadgenMetrics,
     progress::Progress,
@@ -117,7 +117,7 @@ pub struct RunConfig {
 }
 
 /// Runs the load on the current tokio runtime and returns the result.
-pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
+pub async fn run(config: RunConfig) -> Result<RunResult> {
     let RunConfig {
         target,
         connector,
@@ -132,14 +132,20 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         progress,
         metrics,
     } = config;
-    anyhow::ensure!(connections >= 1, "--connections must be at least 1");
-    anyhow::ensure!(concurrency >= 1, "--concurrency must be at least 1");
-    anyhow::ensure!(!duration.is_zero(), "--duration must be above 0");
-    if let Mode::Open { rate, .. } = mode {
-        anyhow::ensure!(
-            rate.is_finite() && rate > 0.0,
-            "--rate must be a positive number of RPCs per second"
-        );
+    let invalid = |what: &str| Err(LoadgenError::Config(what.to_owned()));
+    if connections == 0 {
+        return invalid("--connections must be at least 1");
+    }
+    if concurrency == 0 {
+        return invalid("--concurrency must be at least 1");
+    }
+    if duration.is_zero() {
+        return invalid("--duration must be above 0");
+    }
+    if let Mode::Open { rate, .. } = mode
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return invalid("--rate must be a positive number of RPCs per second");
     }
 
     let mut clients = Vec::with_capacity(connections);
@@ -198,7 +204,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
             thread::Builder::new()
                 .name("krpc-pacer".into())
                 .spawn(move || pace(rate, arrival, start, end, schedules))
-                .context("cannot start the pacer thread")?,
+                .map_err(|e| LoadgenError::Runtime {
+                    what: "cannot start the pacer thread",
+                    source: Some(e),
+                })?,
         ),
         Mode::Closed => None,
     };
@@ -217,16 +226,20 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
 
     let mut total = ConnStats::new();
     for task in tasks {
-        total.merge(task.await.context("a connection task panicked")?);
+        total.merge(task.await.map_err(|_| LoadgenError::Runtime {
+            what: "a connection task panicked",
+            source: None,
+        })?);
     }
     if let Some(pacer) = pacer {
         let _ = pacer.join();
     }
-    let intervals = collector.await.context("the collector panicked")?;
+    let intervals = collector.await.map_err(|_| LoadgenError::Runtime {
+        what: "the collector task panicked",
+        source: None,
+    })?;
     if let Some(path) = &hdr_log {
-        intervals
-            .write(path, started_at)
-            .with_context(|| format!("cannot write the interval log {}", path.display()))?;
+        intervals.write(path, started_at)?;
     }
 
     let requests = total.ok + total.errors.values().sum::<u64>();
