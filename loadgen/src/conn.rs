@@ -33,13 +33,7 @@ impl GrpcConn {
             .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
             .ok_or_else(bad_target)?;
         let authority: http::uri::Authority = target.parse().map_err(|_| bad_target())?;
-        let conn = connector
-            .connect(host, port)
-            .await
-            .map_err(|source| LoadgenError::Connect {
-                target: target.to_owned(),
-                source,
-            })?;
+        let conn = connector.connect(host, port).await?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)

@@ -12,13 +12,9 @@ pub enum LoadgenError {
     /// The target is not `host:port`.
     #[error("target {target:?} is not host:port")]
     Target { target: String },
-    /// TCP connect or TLS handshake failed.
-    #[error("cannot connect to {target}")]
-    Connect {
-        target: String,
-        #[source]
-        source: krpc_transport::ConnectError,
-    },
+    /// TCP connect or TLS handshake failed (the error names the address).
+    #[error(transparent)]
+    Connect(#[from] krpc_transport::ConnectError),
     /// The HTTP/2 connection could not start.
     #[error("HTTP/2 handshake with {target} failed")]
     Http2 {
