@@ -166,3 +166,55 @@ pub fn usage_error(tool: &str, e: clap::Error) -> std::process::ExitCode {
     eprintln!("{tool}: {line} (see --help)");
     std::process::ExitCode::from(2)
 }
+
+/// An error and its causes on one line, `a: b: c`, as every krpc binary prints it. A cause
+/// whose message repeats the one before is skipped: tonic's connect-error wrapper displays its
+/// inner error and also returns it as its source, which would print the same text twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if message != last {
+            out.push_str(": ");
+            out.push_str(&message);
+        }
+        last = message;
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn repeated_causes_print_once() {
+        let inner = E("invalid peer certificate", None);
+        let handshake = E("TLS handshake failed", Some(Box::new(inner)));
+        // tonic's wrapper: same text as its source.
+        let wrapper = E("TLS handshake failed", Some(Box::new(handshake)));
+        let top = E("cannot connect", Some(Box::new(wrapper)));
+        assert_eq!(
+            error_chain(&top),
+            "cannot connect: TLS handshake failed: invalid peer certificate"
+        );
+    }
+}

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("krpc: error: {e:#}");
+            eprintln!("krpc: error: {}", krpc_client::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

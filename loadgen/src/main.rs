@@ -176,7 +176,10 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("krpc-loadgen: error: {e:#}");
+            eprintln!(
+                "krpc-loadgen: error: {}",
+                krpc_client::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -125,7 +125,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("krpc-server: error: {e:#}");
+            eprintln!(
+                "krpc-server: error: {}",
+                krpc_client::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
