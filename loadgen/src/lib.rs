@@ -3,11 +3,13 @@
 //! demo that compares the four free strategies.
 
 mod conn;
+mod connection;
 pub mod demo;
 pub mod error;
 pub mod interval;
 pub mod merge;
 pub mod metrics;
+mod pace;
 mod progress;
 pub mod report;
 pub mod result;
