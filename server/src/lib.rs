@@ -2,7 +2,9 @@
 //! runtime (one pinned current-thread tokio runtime and one SO_REUSEPORT listener per core) or a
 //! work-stealing one. [`Server::serve`] takes already bound listeners, so tests bind port 0.
 
+mod accept;
 mod cores;
+mod cpus;
 mod handoff;
 mod listen;
 mod metrics;

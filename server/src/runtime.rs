@@ -1,38 +1,34 @@
-//! Runtimes and the accept loop. Thread-per-core: one pinned current-thread runtime per core, each
-//! with its own SO_REUSEPORT listener and its own tonic server, so a connection lives and dies on
-//! one core. Work-stealing: one multi-thread runtime and one listener.
+//! Runtimes. Thread-per-core: one pinned current-thread runtime per core, each with its own
+//! SO_REUSEPORT listener and its own tonic server, so a connection lives and dies on one core.
+//! Work-stealing: one multi-thread runtime and one listener. The accept loop is in accept.rs.
 
 use std::{
     convert::Infallible,
     fmt, io,
-    pin::Pin,
     str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     thread,
-    time::Duration,
 };
 
 use krpc_pool::{Config as PoolConfig, Pool, Strategy};
-use krpc_proto::{codec::DecodeCtx, v1::bench_server::BenchServer};
-use krpc_transport::{Acceptor, Conn, KtlsSupport, TlsMode};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpListener,
-    sync::mpsc,
-};
+use krpc_proto::v1::bench_server::BenchServer;
+use krpc_transport::{Acceptor, KtlsSupport, TlsMode};
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, warn};
 
 use crate::{
-    BenchService, cores,
+    BenchService,
+    accept::{ConnSetup, ServedConn, accept_loop},
+    cores,
+    cpus::{allowed_cpus, pin_to},
     handoff::{Handoff, Owners, run_owner},
-    metrics::{Metrics, OpenConnection},
-    rpc_layer::{ConnCtx, RpcLayer},
+    metrics::Metrics,
+    rpc_layer::RpcLayer,
 };
 
 /// How connections are spread over cores.
@@ -368,14 +364,6 @@ fn join_all(
     result
 }
 
-/// What every connection needs, whichever core accepts it.
-#[derive(Clone, Debug)]
-struct ConnSetup {
-    acceptor: Acceptor,
-    pool: Pool,
-    metrics: Metrics,
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn serve_one(
     core: usize,
@@ -438,178 +426,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(krpc_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Accepts until shutdown. Never returns early because of one peer: errors are logged and the
-/// loop goes on.
-async fn accept_loop(
-    core: usize,
-    listener: TcpListener,
-    setup: ConnSetup,
-    conns: mpsc::Sender<ServedConn>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    warn!(core, %error, "accept failed");
-                    // Out of file descriptors or memory: give the process a moment to close
-                    // some instead of spinning on the same error.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let setup = setup.clone();
-        let conns = conns.clone();
-        let span = info_span!("conn", core, %peer);
-        tokio::spawn(
-            async move {
-                match setup.acceptor.accept(tcp, peer).await {
-                    Ok(conn) => {
-                        let i = conn.info();
-                        info!(
-                            tls = %i.tls,
-                            version = i.tls_version.unwrap_or("-"),
-                            cipher = i.cipher.unwrap_or("-"),
-                            ktls = i.tls == krpc_transport::TlsPath::Ktls,
-                            "connection established"
-                        );
-                        let served = setup.serve(conn);
-                        // The receiver is gone only when the server is shutting down.
-                        let _ = conns.send(served).await;
-                    }
-                    Err(e) => {
-                        setup.metrics.handshake_failed(e.failure.reason());
-                        warn!(
-                            reason = e.failure.reason(),
-                            error = %ErrorChain(&e.failure),
-                            "handshake failed"
-                        );
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-    debug!(core, "accept loop stopped");
-}
-
-impl ConnSetup {
-    /// Attaches the pool context (a per-connection handle under `per-conn`) and the open
-    /// connection count to an established connection.
-    fn serve(&self, conn: Conn) -> ServedConn {
-        let decode = match self.pool.config().strategy {
-            Strategy::PerConn => DecodeCtx::Conn(Arc::new(self.pool.conn())),
-            _ => DecodeCtx::Pool(self.pool.clone()),
-        };
-        let ctx = ConnCtx {
-            info: conn.info().clone(),
-            decode,
-        };
-        ServedConn {
-            _open: self.metrics.connection_opened(ctx.info.tls),
-            io: conn,
-            ctx,
-        }
-    }
-}
-
-/// A connection as tonic serves it: the IO, plus what every request on it carries.
-struct ServedConn {
-    io: Conn,
-    ctx: ConnCtx,
-    _open: OpenConnection,
-}
-
-impl tonic::transport::server::Connected for ServedConn {
-    type ConnectInfo = ConnCtx;
-
-    fn connect_info(&self) -> ConnCtx {
-        self.ctx.clone()
-    }
-}
-
-impl AsyncRead for ServedConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ServedConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// Formats an error with its sources, `a: b: c`, for one-line logs.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
-    use nix::{sched::sched_getaffinity, unistd::Pid};
-    match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn pin_to(cpu: usize) {
-    use nix::{
-        sched::{CpuSet, sched_setaffinity},
-        unistd::Pid,
-    };
-    let mut set = CpuSet::new();
-    let pinned = set
-        .set(cpu)
-        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
-    match pinned {
-        Ok(()) => debug!(cpu, "runtime pinned"),
-        Err(error) => warn!(cpu, %error, "cannot pin runtime thread; running unpinned"),
-    }
 }
