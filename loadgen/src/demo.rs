@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     error::{LoadgenError, Result},
     report,
-    result::RunResult,
+    result::{PoolSummary, RunResult},
     run::{Arrival, Mode, RunConfig, run, runtime},
     workload::{Mix, Workload},
 };
@@ -139,6 +139,16 @@ pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
             "   pool: {} allocs, {} local frees, {} deferred, {} kicks, {} outstanding",
             pool.allocs, pool.local_frees, pool.deferred_frees, pool.kicks, pool.outstanding
         );
+        let mut result = result;
+        result.server_pool = Some(PoolSummary {
+            allocs: pool.allocs,
+            misses: pool.misses,
+            local_frees: pool.local_frees,
+            deferred_frees: pool.deferred_frees,
+            overflow_frees: pool.overflow_frees,
+            kicks: pool.kicks,
+            outstanding: pool.outstanding,
+        });
         result.write(&opts.out.join(format!("{strategy}.json")))?;
         results.push(result);
     }

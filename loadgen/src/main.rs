@@ -245,6 +245,10 @@ fn report_command(paths: &[PathBuf], html: &std::path::Path) -> anyhow::Result<(
         .map(|p| RunResult::read(p))
         .collect::<Result<_, _>>()?;
     print!("{}", report::table(&runs));
+    if let Some(pool) = report::pool_table(&runs) {
+        println!("\nwhere the servers freed request buffers:");
+        print!("{pool}");
+    }
     let page = report::html(&runs)?;
     std::fs::write(html, page).with_context(|| format!("cannot write {}", html.display()))?;
     eprintln!("wrote {}", html.display());
@@ -292,6 +296,10 @@ fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
     })?;
     println!();
     print!("{}", report::table(&results));
+    if let Some(pool) = report::pool_table(&results) {
+        println!("\nwhere the servers freed request buffers:");
+        print!("{pool}");
+    }
     println!(
         "\nreport: {} (results and interval logs beside it)",
         args.out.join("report.html").display()

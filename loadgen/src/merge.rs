@@ -43,6 +43,8 @@ pub fn merge_results(results: &[RunResult]) -> Result<RunResult> {
     merged.uncorrected = Latency::of(&uncorrected);
     merged.send_lag = Latency::of(&lag);
     merged.processes = results.iter().map(|r| r.processes).sum();
+    // The same server seen by every process: its pool totals are not added up.
+    merged.server_pool = first.server_pool;
     merged.requests = results.iter().map(|r| r.requests).sum();
     merged.ok = results.iter().map(|r| r.ok).sum();
     merged.errors.clear();

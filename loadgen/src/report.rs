@@ -12,6 +12,70 @@ use crate::{
     result::{RunResult, fmt_us},
 };
 
+/// Where each run's server freed its request buffers (runs that carry the pool's totals: the
+/// demo's), or `None` when no run does.
+pub fn pool_table(runs: &[RunResult]) -> Option<String> {
+    if runs.iter().all(|r| r.server_pool.is_none()) {
+        return None;
+    }
+    let mut rows = vec![
+        [
+            "run",
+            "allocs",
+            "misses",
+            "local",
+            "deferred",
+            "to allocator",
+            "kicks",
+            "outstanding",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for r in runs {
+        let Some(p) = &r.server_pool else { continue };
+        rows.push(vec![
+            r.label.clone(),
+            p.allocs.to_string(),
+            p.misses.to_string(),
+            format!("{:.1}%", p.share_of_frees(p.local_frees)),
+            format!("{:.1}%", p.share_of_frees(p.deferred_frees)),
+            format!("{:.1}%", p.share_of_frees(p.overflow_frees)),
+            p.kicks.to_string(),
+            p.outstanding.to_string(),
+        ]);
+    }
+    Some(align(&rows, 1))
+}
+
+/// Left-aligns the first `left` columns, right-aligns the rest, a rule under the header.
+fn align(rows: &[Vec<String>], left: usize) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| {
+                if c < left {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            let _ = writeln!(out, "{}", rule.join("  "));
+        }
+    }
+    out
+}
+
 /// The comparison table. The first run is the baseline of the ratio columns.
 pub fn table(runs: &[RunResult]) -> String {
     let mut rows = vec![vec![
@@ -63,37 +127,7 @@ pub fn table(runs: &[RunResult]) -> String {
             base.map_or("-".into(), |b| ratio(r.achieved_rate, b.achieved_rate)),
         ]);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (cell, w))| {
-                if c < 2 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-        if i == 0 {
-            let _ = writeln!(
-                out,
-                "{}",
-                widths
-                    .iter()
-                    .map(|w| "-".repeat(*w))
-                    .collect::<Vec<_>>()
-                    .join("  ")
-            );
-        }
-    }
-    out
+    align(&rows, 2)
 }
 
 const COLORS: [&str; 8] = [
@@ -163,6 +197,17 @@ pub fn html(runs: &[RunResult]) -> Result<String> {
         out.push_str("</tr>\n");
     }
     out.push_str("</table>\n");
+    if let Some(pool) = pool_table(runs) {
+        out.push_str(
+            "<h2>Where the server freed request buffers</h2>\n<p class=\"note\">Share of \
+             frees: <b>local</b> straight onto a free list, <b>deferred</b> to the origin \
+             core's (per-core) or the connection's (per-conn) defer list, <b>to allocator</b> \
+             past the cap or a full defer list. Kicks: the origin core woken at half a defer \
+             list.</p>\n<pre>",
+        );
+        out.push_str(&escape(&pool));
+        out.push_str("</pre>\n");
+    }
     out.push_str("<h2>Latency by percentile</h2>\n");
     out.push_str(&spectrum_svg(runs, &histograms));
     out.push_str("<h2>Throughput</h2>\n");
@@ -307,4 +352,63 @@ fn throughput_svg(runs: &[RunResult]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::PoolSummary;
+
+    fn run(label: &str, pool: Option<PoolSummary>) -> RunResult {
+        let h = crate::result::new_histogram();
+        let encoded = crate::result::encode_histogram(&h);
+        RunResult {
+            format: crate::result::FORMAT,
+            label: label.to_owned(),
+            config: Default::default(),
+            server: None,
+            environment: Default::default(),
+            processes: 1,
+            duration_s: 1.0,
+            requests: 0,
+            ok: 0,
+            errors: Default::default(),
+            achieved_rate: 0.0,
+            latency: Default::default(),
+            uncorrected: Default::default(),
+            send_lag: Default::default(),
+            histogram: encoded.clone(),
+            uncorrected_histogram: encoded.clone(),
+            send_lag_histogram: encoded,
+            server_pool: pool,
+        }
+    }
+
+    #[test]
+    fn pool_shares_are_of_all_frees_and_absent_without_pool_data() {
+        assert!(pool_table(&[run("a", None)]).is_none());
+        let pool = PoolSummary {
+            allocs: 100,
+            misses: 3,
+            local_frees: 25,
+            deferred_frees: 70,
+            overflow_frees: 5,
+            kicks: 2,
+            outstanding: 0,
+        };
+        let table = pool_table(&[run("per-core", Some(pool)), run("x", None)]).unwrap();
+        let line = table.lines().nth(2).unwrap();
+        assert!(line.starts_with("per-core"), "{table}");
+        for cell in ["100", "25.0%", "70.0%", "5.0%"] {
+            assert!(line.contains(cell), "{cell} missing: {table}");
+        }
+        assert_eq!(
+            table.lines().count(),
+            3,
+            "runs without pool data have no row"
+        );
+        let html = html(&[run("per-core", Some(pool))]).unwrap();
+        assert!(html.contains("Where the server freed request buffers"));
+        assert!(html.contains("70.0%"));
+    }
 }

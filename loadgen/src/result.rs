@@ -178,6 +178,44 @@ pub struct RunResult {
     pub histogram: String,
     pub uncorrected_histogram: String,
     pub send_lag_histogram: String,
+    /// The server's buffer pool over the run, when the load generator could see it (the demo's
+    /// embedded servers): where request buffers were freed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pool: Option<PoolSummary>,
+}
+
+/// Totals of the server's pool counters (krpc_pool_* summed over cores).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSummary {
+    pub allocs: u64,
+    pub misses: u64,
+    pub local_frees: u64,
+    pub deferred_frees: u64,
+    pub overflow_frees: u64,
+    pub kicks: u64,
+    pub outstanding: i64,
+}
+
+impl PoolSummary {
+    pub fn add(&mut self, other: &Self) {
+        self.allocs += other.allocs;
+        self.misses += other.misses;
+        self.local_frees += other.local_frees;
+        self.deferred_frees += other.deferred_frees;
+        self.overflow_frees += other.overflow_frees;
+        self.kicks += other.kicks;
+        self.outstanding += other.outstanding;
+    }
+
+    /// `part` as a percentage of all frees.
+    pub fn share_of_frees(&self, part: u64) -> f64 {
+        let frees = self.local_frees + self.deferred_frees + self.overflow_frees;
+        if frees == 0 {
+            0.0
+        } else {
+            100.0 * part as f64 / frees as f64
+        }
+    }
 }
 
 impl RunResult {

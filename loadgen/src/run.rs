@@ -282,6 +282,7 @@ pub async fn run(config: RunConfig) -> Result<RunResult> {
         histogram: encode_histogram(&total.corrected),
         uncorrected_histogram: encode_histogram(&total.uncorrected),
         send_lag_histogram: encode_histogram(&total.lag),
+        server_pool: None,
     })
 }
 
