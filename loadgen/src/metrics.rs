@@ -10,12 +10,7 @@ use std::{
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, NativeHistogramConfig, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use tonic::Code;
@@ -39,13 +34,6 @@ struct LatencyLabels {
 }
 
 type HistogramFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    Histogram::new_classic_and_native(
-        exponential_buckets(25e-6, 2.0, 19),
-        NativeHistogramConfig::new(1.1).max_buckets(160),
-    )
-}
 
 /// The load generator's registry. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -77,7 +65,7 @@ impl LoadgenMetrics {
             "RPCs completed, by method and gRPC status",
             rpcs.clone(),
         );
-        let latency = HistogramFamily::new_with_constructor(latency_histogram);
+        let latency = HistogramFamily::new_with_constructor(krpc_server::latency_histogram);
         registry.register(
             "rpc_duration_seconds",
             "Client-side RPC latency from the intended send time (coordinated omission corrected)",

@@ -78,21 +78,34 @@ fn align(rows: &[Vec<String>], left: usize) -> String {
 
 /// The comparison table. The first run is the baseline of the ratio columns.
 pub fn table(runs: &[RunResult]) -> String {
-    let mut rows = vec![vec![
-        "run".to_owned(),
-        "server".to_owned(),
-        "RPC/s".to_owned(),
-        "p50".to_owned(),
-        "p90".to_owned(),
-        "p99".to_owned(),
-        "p99.9".to_owned(),
-        "p99.99".to_owned(),
-        "max".to_owned(),
-        "errors".to_owned(),
-        "p99 ratio".to_owned(),
-        "RPC/s ratio".to_owned(),
-    ]];
+    align(&comparison_rows(runs), 2)
+}
+
+/// Header and one row per run: what the text table and the HTML table both show.
+fn comparison_rows(runs: &[RunResult]) -> Vec<Vec<String>> {
+    let header = [
+        "run",
+        "server",
+        "RPC/s",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "p99.99",
+        "max",
+        "errors",
+        "p99 ratio",
+        "RPC/s ratio",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
     let base = runs.first();
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "-".to_owned()
+        }
+    };
     for r in runs {
         let l = &r.latency;
         let server = r.server.as_ref().map_or_else(
@@ -102,13 +115,6 @@ pub fn table(runs: &[RunResult]) -> String {
         let rate = match r.config.rate {
             Some(asked) if !r.kept_up() => format!("{:.0} (asked {asked}!)", r.achieved_rate),
             _ => format!("{:.0}", r.achieved_rate),
-        };
-        let ratio = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "-".to_owned()
-            }
         };
         rows.push(vec![
             r.label.clone(),
@@ -127,7 +133,7 @@ pub fn table(runs: &[RunResult]) -> String {
             base.map_or("-".into(), |b| ratio(r.achieved_rate, b.achieved_rate)),
         ]);
     }
-    align(&rows, 2)
+    rows
 }
 
 const COLORS: [&str; 8] = [
@@ -163,36 +169,22 @@ pub fn html(runs: &[RunResult]) -> Result<String> {
         "<p class=\"note\">Latency from the intended send time (coordinated omission corrected), \
          HdrHistogram, 3 significant digits. Ratios are against the first run.</p>"
     );
+    let rows = comparison_rows(runs);
     out.push_str("<table>\n<tr>");
-    for cell in [
-        "run", "server", "RPC/s", "p50", "p90", "p99", "p99.9", "p99.99", "max", "errors",
-    ] {
-        let _ = write!(out, "<th>{cell}</th>");
+    for cell in &rows[0] {
+        let _ = write!(out, "<th>{}</th>", escape(cell));
     }
     out.push_str("</tr>\n");
-    for (i, r) in runs.iter().enumerate() {
+    for (i, row) in rows[1..].iter().enumerate() {
+        // The run's name carries the colour of its line in the plots.
         let _ = write!(
             out,
             "<tr><td><span style=\"color:{}\">&#9632;</span> {}</td>",
             COLORS[i % COLORS.len()],
-            escape(&r.label)
+            escape(&row[0])
         );
-        let l = &r.latency;
-        let cells = [
-            r.server.as_ref().map_or("-".to_owned(), |s| {
-                format!("{} {} {}", s.strategy, s.tls_mode, s.handoff)
-            }),
-            format!("{:.0}", r.achieved_rate),
-            fmt_us(l.at(50.0)),
-            fmt_us(l.at(90.0)),
-            fmt_us(l.at(99.0)),
-            fmt_us(l.at(99.9)),
-            fmt_us(l.at(99.99)),
-            fmt_us(l.max_us),
-            r.error_count().to_string(),
-        ];
-        for cell in cells {
-            let _ = write!(out, "<td>{}</td>", escape(&cell));
+        for cell in &row[1..] {
+            let _ = write!(out, "<td>{}</td>", escape(cell));
         }
         out.push_str("</tr>\n");
     }

@@ -197,16 +197,6 @@ pub struct PoolSummary {
 }
 
 impl PoolSummary {
-    pub fn add(&mut self, other: &Self) {
-        self.allocs += other.allocs;
-        self.misses += other.misses;
-        self.local_frees += other.local_frees;
-        self.deferred_frees += other.deferred_frees;
-        self.overflow_frees += other.overflow_frees;
-        self.kicks += other.kicks;
-        self.outstanding += other.outstanding;
-    }
-
     /// `part` as a percentage of all frees.
     pub fn share_of_frees(&self, part: u64) -> f64 {
         let frees = self.local_frees + self.deferred_frees + self.overflow_frees;

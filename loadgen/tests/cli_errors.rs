@@ -11,8 +11,14 @@ fn loadgen(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
+/// Runs `args`; asserts exit status `code` and one stderr line, prefixed, that says `says`.
+fn assert_one_line_error(args: &[&str], code: i32, says: &str) {
+    let out = loadgen(args);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("krpc-loadgen: "), "{err}");
+    assert!(err.contains(says), "{args:?}: {err}");
 }
 
 #[test]
@@ -51,12 +57,7 @@ fn bad_flags_exit_2_with_one_line() {
             "--hdr-log",
         ),
     ] {
-        let out = loadgen(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        let err = stderr(&out);
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(err.starts_with("krpc-loadgen: "), "{err}");
-        assert!(err.contains(says), "{args:?}: {err}");
+        assert_one_line_error(args, 2, says);
     }
 }
 
@@ -111,11 +112,7 @@ fn bad_values_and_files_are_one_clear_error() {
             "is not a krpc-loadgen result",
         ),
     ] {
-        let out = loadgen(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        let err = stderr(&out);
-        assert!(err.contains(says), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert_one_line_error(&args, 1, says);
     }
     assert!(
         !html.exists() && !merged.exists(),

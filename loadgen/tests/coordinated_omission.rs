@@ -7,16 +7,15 @@
 use std::{pin::Pin, time::Duration};
 
 use futures_util::Stream;
-use krpc_loadgen::{
-    run::{Arrival, Mode, RunConfig, run},
-    workload::{Method, Mix, Workload},
-};
+mod common;
+
+use common::open_loop;
+use krpc_loadgen::run::run;
 use krpc_proto::v1::{
     EchoRequest, EchoResponse, GetRequest, GetResponse, InfoRequest, InfoResponse, PutRequest,
     PutResponse,
     bench_server::{Bench, BenchServer},
 };
-use krpc_transport::Connector;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -65,6 +64,8 @@ impl Bench for StallOnce {
     }
 }
 
+/// Serves `server` on 127.0.0.1:0 with TCP_NODELAY, as krpc-server sets it: otherwise Nagle
+/// and delayed ACKs add their own 40 ms stalls.
 async fn serve(server: StallOnce) -> (std::net::SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -89,23 +90,12 @@ async fn a_target_that_cannot_keep_up_is_called_out() {
         always: Duration::from_millis(10),
     })
     .await;
-    let result = run(RunConfig {
-        target: addr.to_string(),
-        connector: Connector::plaintext(),
-        mode: Mode::Open {
-            rate: 300.0,
-            arrival: Arrival::Uniform,
-        },
-        connections: 1,
-        concurrency: 1,
-        duration: Duration::from_secs(1),
-        warmup: Duration::ZERO,
-        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
-        label: None,
-        hdr_log: None,
-        progress: false,
-        metrics: None,
-    })
+    let result = run(open_loop(
+        addr,
+        300.0,
+        Duration::from_secs(1),
+        Duration::ZERO,
+    ))
     .await
     .unwrap();
     stop.cancel();
@@ -123,46 +113,23 @@ async fn a_target_that_cannot_keep_up_is_called_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_the_corrected_tail_and_not_in_the_uncorrected_one() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(BenchServer::new(StallOnce {
-                calls: Default::default(),
-                // Mid-window: 0.3 s warmup + 1.5 s at 1000/s, plus the Info call.
-                stall_at: 1800,
-                always: Duration::ZERO,
-            }))
-            .serve_with_incoming_shutdown(
-                // TCP_NODELAY, as krpc-server sets it: otherwise Nagle and delayed ACKs add
-                // their own 40 ms stalls.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop.clone().cancelled_owned(),
-            ),
-    );
-    let result = run(RunConfig {
-        target: addr.to_string(),
-        connector: Connector::plaintext(),
-        mode: Mode::Open {
-            rate: 1000.0,
-            arrival: Arrival::Uniform,
-        },
-        // One RPC in flight: everything due during the stall queues behind it.
-        connections: 1,
-        concurrency: 1,
-        duration: Duration::from_secs(3),
-        warmup: Duration::from_millis(300),
-        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
-        label: None,
-        hdr_log: None,
-        progress: false,
-        metrics: None,
+    let (addr, stop) = serve(StallOnce {
+        calls: Default::default(),
+        // Mid-window: 0.3 s warmup + 1.5 s at 1000/s, plus the Info call.
+        stall_at: 1800,
+        always: Duration::ZERO,
     })
+    .await;
+    // One RPC in flight: everything due during the stall queues behind it.
+    let result = run(open_loop(
+        addr,
+        1000.0,
+        Duration::from_secs(3),
+        Duration::from_millis(300),
+    ))
     .await
     .unwrap();
     stop.cancel();
-    server.await.unwrap().unwrap();
 
     assert_eq!(result.error_count(), 0);
     assert_eq!(result.requests, 3000);

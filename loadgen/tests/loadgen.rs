@@ -4,6 +4,9 @@
 
 use std::{net::SocketAddr, thread, time::Duration};
 
+mod common;
+
+use common::open_loop;
 use krpc_loadgen::{
     interval::IntervalLog,
     merge::{merge_logs, merge_results},
@@ -13,7 +16,7 @@ use krpc_loadgen::{
     workload::{Method, Mix, Workload},
 };
 use krpc_server::{RuntimeMode, Server, ServerInfo};
-use krpc_transport::{Acceptor, Connector, KtlsSupport, TlsMode};
+use krpc_transport::{Acceptor, KtlsSupport, TlsMode};
 use tokio_util::sync::CancellationToken;
 
 /// A krpc-server (plaintext, thread-per-core on 2 cores) in a background thread.
@@ -60,23 +63,12 @@ fn plain_info() -> ServerInfo {
 }
 
 fn config(addr: SocketAddr, rate: f64, seconds: u64) -> RunConfig {
-    RunConfig {
-        target: addr.to_string(),
-        connector: Connector::plaintext(),
-        mode: Mode::Open {
-            rate,
-            arrival: Arrival::Uniform,
-        },
-        connections: 1,
-        concurrency: 1,
-        duration: Duration::from_secs(seconds),
-        warmup: Duration::from_millis(300),
-        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
-        label: None,
-        hdr_log: None,
-        progress: false,
-        metrics: None,
-    }
+    open_loop(
+        addr,
+        rate,
+        Duration::from_secs(seconds),
+        Duration::from_millis(300),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,14 +19,20 @@ use tonic::{
 };
 use tonic_prost::ProstEncoder;
 
-/// Where the pooled decoder takes its buffers from.
+/// Where the pooled decoder takes its buffers from. One per connection: cloning it (once per
+/// request and per body poll) touches only that connection's reference count, never a count
+/// shared by every core, such as the pool's.
 #[derive(Clone, Debug)]
-pub enum DecodeCtx {
+pub struct DecodeCtx(Arc<Source>);
+
+/// What a [`DecodeCtx`] draws from.
+#[derive(Debug)]
+pub enum Source {
     /// The calling thread's core of this pool.
     Pool(Pool),
     /// This connection's handle (`per-conn`): its defer list is drained before each decode,
     /// the receive work of the connection.
-    Conn(Arc<ConnHandle>),
+    Conn(ConnHandle),
 }
 
 tokio::task_local! {
@@ -34,6 +40,20 @@ tokio::task_local! {
 }
 
 impl DecodeCtx {
+    /// A connection's context drawing from the calling core's part of `pool`.
+    pub fn pool(pool: Pool) -> Self {
+        Self(Arc::new(Source::Pool(pool)))
+    }
+
+    /// A connection's context drawing through its own handle (`per-conn`).
+    pub fn conn(handle: ConnHandle) -> Self {
+        Self(Arc::new(Source::Conn(handle)))
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.0
+    }
+
     /// Runs `fut` with this context for every pooled decode it does.
     pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
         DECODE_CTX.scope(self, fut)
@@ -106,10 +126,10 @@ pub fn decode<U: Message + Default>(
         Some(ctx) => {
             let len = src.remaining();
             let contiguous = src.chunk().len() >= len;
-            let buf = match (ctx, contiguous) {
-                (DecodeCtx::Pool(pool), true) => pool.alloc_copy(&src.chunk()[..len]),
-                (DecodeCtx::Pool(pool), false) => pool.alloc(len),
-                (DecodeCtx::Conn(conn), contiguous) => {
+            let buf = match (ctx.source(), contiguous) {
+                (Source::Pool(pool), true) => pool.alloc_copy(&src.chunk()[..len]),
+                (Source::Pool(pool), false) => pool.alloc(len),
+                (Source::Conn(conn), contiguous) => {
                     conn.drain();
                     if contiguous {
                         conn.alloc_copy(&src.chunk()[..len])
@@ -155,7 +175,7 @@ mod tests {
             payload: Bytes::from(vec![7u8; 300]),
         };
         let mut wire = Bytes::from(sent.encode_to_vec());
-        let got: EchoRequest = decode(Some(&DecodeCtx::Pool(pool.clone())), &mut wire).unwrap();
+        let got: EchoRequest = decode(Some(&DecodeCtx::pool(pool.clone())), &mut wire).unwrap();
         assert_eq!(got, sent);
         assert_eq!(wire.remaining(), 0);
         // Both fields borrow the one buffer: a single allocation, alive until both are gone.
@@ -183,7 +203,7 @@ mod tests {
         // Field 2 (payload), length-delimited, claims 100 bytes but 3 follow.
         let mut wire = Bytes::from_static(&[0x12, 100, 1, 2, 3]);
         let status =
-            decode::<EchoRequest>(Some(&DecodeCtx::Pool(pool.clone())), &mut wire).unwrap_err();
+            decode::<EchoRequest>(Some(&DecodeCtx::pool(pool.clone())), &mut wire).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
             status.message().contains("malformed EchoRequest"),
@@ -202,8 +222,11 @@ mod tests {
     fn per_conn_context_drains_the_connection_before_decoding() {
         let pool = Pool::new(Config::new(Strategy::PerConn, 1));
         let core = pool.register_current_thread(0).unwrap();
-        let conn = Arc::new(pool.conn());
-        let ctx = DecodeCtx::Conn(conn.clone());
+        let ctx = DecodeCtx::conn(pool.conn());
+        let pending = |ctx: &DecodeCtx| match ctx.source() {
+            Source::Conn(conn) => conn.pending(),
+            Source::Pool(_) => unreachable!("a per-conn context"),
+        };
         let wire = EchoRequest {
             key: Bytes::from_static(b"k"),
             payload: Bytes::from_static(b"p"),
@@ -211,11 +234,11 @@ mod tests {
         .encode_to_vec();
         let first: EchoRequest = decode(Some(&ctx), &mut Bytes::from(wire.clone())).unwrap();
         drop(first);
-        assert_eq!(conn.pending(), 1, "freed onto the connection's list");
+        assert_eq!(pending(&ctx), 1, "freed onto the connection's list");
         let second: EchoRequest = decode(Some(&ctx), &mut Bytes::from(wire)).unwrap();
-        assert_eq!(conn.pending(), 0, "drained by the next receive");
+        assert_eq!(pending(&ctx), 0, "drained by the next receive");
         assert_eq!(pool.snapshot().cores[0].hits, 1, "and reused");
-        drop((second, ctx, conn, core));
+        drop((second, ctx, core));
         pool.snapshot().check_balanced().unwrap();
     }
 
@@ -230,7 +253,7 @@ mod tests {
             }
             .encode_to_vec(),
         );
-        let in_scope = DecodeCtx::Pool(pool.clone())
+        let in_scope = DecodeCtx::pool(pool.clone())
             .scope(async { decode_via_tonic(wire.clone()) })
             .await;
         assert_eq!(pool.snapshot().cores[0].allocs, 1);

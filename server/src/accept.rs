@@ -5,7 +5,6 @@
 use std::{
     fmt, io,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -97,15 +96,12 @@ impl ConnSetup {
     /// connection count to an established connection.
     fn serve(&self, conn: Conn) -> ServedConn {
         let decode = match self.pool.config().strategy {
-            Strategy::PerConn => DecodeCtx::Conn(Arc::new(self.pool.conn())),
-            _ => DecodeCtx::Pool(self.pool.clone()),
+            Strategy::PerConn => DecodeCtx::conn(self.pool.conn()),
+            _ => DecodeCtx::pool(self.pool.clone()),
         };
-        let ctx = ConnCtx {
-            info: conn.info().clone(),
-            decode,
-        };
+        let ctx = ConnCtx::new(conn.info().clone(), decode, self.metrics.clone());
         ServedConn {
-            _open: self.metrics.connection_opened(ctx.info.tls),
+            _open: self.metrics.connection_opened(conn.info().tls),
             io: conn,
             ctx,
         }

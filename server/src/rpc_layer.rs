@@ -10,6 +10,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -27,25 +28,42 @@ use crate::{
     metrics::{Metrics, method_index},
 };
 
-/// What the server attaches to each connection (tonic puts it in every request's extensions).
+/// What the server attaches to each connection; tonic clones it into every request's
+/// extensions. One `Arc` per connection: a request clones only its own connection's count, never
+/// one that every core shares (the pool's, the metrics').
 #[derive(Clone, Debug)]
-pub struct ConnCtx {
-    pub info: krpc_transport::ConnInfo,
-    pub(crate) decode: DecodeCtx,
+pub struct ConnCtx(Arc<ConnState>);
+
+#[derive(Debug)]
+struct ConnState {
+    info: krpc_transport::ConnInfo,
+    decode: DecodeCtx,
+    metrics: Metrics,
 }
 
-#[derive(Clone, Debug)]
+impl ConnCtx {
+    pub(crate) fn new(info: krpc_transport::ConnInfo, decode: DecodeCtx, metrics: Metrics) -> Self {
+        Self(Arc::new(ConnState {
+            info,
+            decode,
+            metrics,
+        }))
+    }
+
+    /// The connection's peer, TLS path, version and cipher.
+    pub fn info(&self) -> &krpc_transport::ConnInfo {
+        &self.0.info
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct RpcLayer {
-    metrics: Metrics,
     max_message_bytes: usize,
 }
 
 impl RpcLayer {
-    pub(crate) fn new(metrics: Metrics, max_message_bytes: usize) -> Self {
-        Self {
-            metrics,
-            max_message_bytes,
-        }
+    pub(crate) fn new(max_message_bytes: usize) -> Self {
+        Self { max_message_bytes }
     }
 }
 
@@ -55,7 +73,7 @@ impl<S> Layer<S> for RpcLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcService {
             inner,
-            layer: self.clone(),
+            layer: *self,
         }
     }
 }
@@ -79,18 +97,21 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let record = Record {
+        // Every connection the server accepts carries a ConnCtx; without one (not a krpc
+        // connection) the request is neither pooled nor recorded.
+        let conn = req.extensions().get::<ConnCtx>().cloned();
+        let decode = conn.as_ref().map(|c| c.0.decode.clone());
+        let record = conn.map(|conn| Record {
             start: Instant::now(),
             method: method_index(req.uri().path()),
-            metrics: self.layer.metrics.clone(),
+            conn,
             max_message_bytes: self.layer.max_message_bytes,
-        };
-        let decode = req.extensions().get::<ConnCtx>().map(|c| c.decode.clone());
+        });
         let inner = scoped(&decode, || self.inner.call(req));
         RpcFuture {
             inner,
             decode,
-            record: Some(record),
+            record,
         }
     }
 }
@@ -107,7 +128,8 @@ fn scoped<R>(decode: &Option<DecodeCtx>, f: impl FnOnce() -> R) -> R {
 struct Record {
     start: Instant,
     method: usize,
-    metrics: Metrics,
+    /// The connection, whose metrics handle records the RPC.
+    conn: ConnCtx,
     max_message_bytes: usize,
 }
 
@@ -141,7 +163,9 @@ impl Record {
     }
 
     fn finish(&self, code: usize) {
-        self.metrics
+        self.conn
+            .0
+            .metrics
             .record_rpc(cores::current(), self.method, code, self.start.elapsed());
     }
 }

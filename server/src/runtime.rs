@@ -187,10 +187,6 @@ impl Server {
         &self.pool
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Serves Prometheus metrics (`GET /metrics`) on `listener` until `shutdown` is cancelled.
     /// Blocks the calling thread; run it on a thread of its own.
     pub fn serve_metrics(
@@ -228,7 +224,7 @@ impl Server {
             pool: self.pool.clone(),
             metrics: self.metrics.clone(),
         };
-        let layer = RpcLayer::new(self.metrics.clone(), self.info.max_message_bytes);
+        let layer = RpcLayer::new(self.info.max_message_bytes);
         match self.info.runtime {
             RuntimeMode::WorkStealing => {
                 // Workers become pool cores 0..cores as they start (tokio starts them all when
@@ -288,12 +284,8 @@ impl Server {
                     .enumerate()
                     .map(|(core, listener)| {
                         let cpu = cpus.get(core % cpus.len().max(1)).copied();
-                        let (conn, service, layer, shutdown) = (
-                            conn.clone(),
-                            service.clone(),
-                            layer.clone(),
-                            shutdown.clone(),
-                        );
+                        let (conn, service, layer, shutdown) =
+                            (conn.clone(), service.clone(), layer, shutdown.clone());
                         let jobs = owner_jobs.get_mut(core).and_then(Option::take);
                         thread::Builder::new()
                             .name(format!("krpc-core-{core}"))

@@ -104,7 +104,7 @@ impl Bench for BenchService {
     }
 
     async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        let conn = request.extensions().get::<ConnCtx>().map(|c| &c.info);
+        let conn = request.extensions().get::<ConnCtx>().map(ConnCtx::info);
         let info = &self.info;
         let tls = conn.map_or(TlsPath::Off, |c| c.tls);
         Ok(Response::new(InfoResponse {
