@@ -163,6 +163,8 @@ impl Metrics {
             support: info.ktls.clone(),
             tls_stat: kernel::TLS_STAT.into(),
             nics: krpc_transport::nic_tls_offload,
+            counters: krpc_transport::ktls_counters,
+            records: krpc_transport::tls_records_written,
         }));
         let slots = pool_slots(info);
         Self {

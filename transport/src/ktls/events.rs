@@ -142,6 +142,23 @@ impl KtlsCounters {
         self.errors[kind as usize]
     }
 
+    /// These counts with `n` rekeys of `direction` by `initiator` (for exporters' tests).
+    pub fn with_rekeys(
+        mut self,
+        direction: RekeyDirection,
+        initiator: RekeyInitiator,
+        n: u64,
+    ) -> Self {
+        self.rekeys[direction as usize][initiator as usize] = n;
+        self
+    }
+
+    /// These counts with `n` record errors of `kind` (for exporters' tests).
+    pub fn with_record_errors(mut self, kind: RecordErrorKind, n: u64) -> Self {
+        self.errors[kind as usize] = n;
+        self
+    }
+
     /// One line for humans: `rekeys tx/self 3, tx/peer 0, rx/peer 3; record errors: none`.
     pub fn describe(&self) -> String {
         let mut out = String::from("rekeys");
