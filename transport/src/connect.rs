@@ -6,7 +6,10 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -63,7 +66,8 @@ pub enum ConnectError {
 pub struct TestHooks {
     /// rustls path: send a KeyUpdate (update_requested) after every this many writes.
     pub rustls_key_update_every: Option<u64>,
-    /// kTLS path: send this record right after the handshake, before HTTP/2 starts.
+    /// kTLS path: send this record right after the handshake, before HTTP/2 starts, on the
+    /// connector's first connection only.
     pub inject_after_handshake: Option<BadRecord>,
 }
 
@@ -74,6 +78,8 @@ pub struct Connector {
     /// Overrides the URI's host as the name the server certificate must carry.
     server_name: Option<ServerName<'static>>,
     hooks: TestHooks,
+    /// Shared by clones: the first connection has sent `hooks.inject_after_handshake`.
+    injected: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -99,6 +105,7 @@ impl Connector {
             kind: Kind::Plain,
             server_name: None,
             hooks: TestHooks::default(),
+            injected: Arc::default(),
         }
     }
 
@@ -124,6 +131,7 @@ impl Connector {
             },
             server_name,
             hooks: TestHooks::default(),
+            injected: Arc::default(),
         })
     }
 
@@ -196,7 +204,9 @@ impl Connector {
                     Err(UpgradeError::Kernel(e)) => return Err(ConnectError::Ktls(e)),
                 };
                 let mut conn = Conn::new(Io::Ktls(Box::new(stream)), info);
-                if let (Some(bad), Some(k)) = (self.hooks.inject_after_handshake, conn.ktls_mut()) {
+                if let (Some(bad), Some(k)) = (self.hooks.inject_after_handshake, conn.ktls_mut())
+                    && !self.injected.swap(true, Ordering::Relaxed)
+                {
                     let (typ, payload) = bad.record();
                     k.send_record(typ, payload)
                         .await
