@@ -56,6 +56,11 @@ def per_rpc(syscalls, side, mode, size, short, long):
     }
 
 
+def fmt(x, digits=2):
+    """A figure without a negative zero (a difference of two runs can be -0.001)."""
+    return f"{0.0 if abs(x) < 0.5 * 10 ** -digits else x:.{digits}f}"
+
+
 def secs(v):
     return float(v.rstrip("ms")) / 1000 if v.endswith("ms") else float(v)
 
@@ -73,7 +78,9 @@ def main():
       f"inside the kTLS VM (`../shared/tools/ktls-vm --suite trixie-backports`, Linux {kernel}, "
       f"2 vCPUs, **{accel}**), with release binaries. Each row is one side of one connection: "
       "`krpc --tls MODE echo --repeat N --size SIZE` (one RPC in flight, a tonic client on one "
-      "thread) against a fresh `krpc-server --tls MODE --cores 2`.")
+      "thread) against a fresh `krpc-server --tls MODE --cores 2`. The raw counts are in "
+      "`bench/ktls-raw.txt`; `python3 scripts/bench-ktls-report.py bench/ktls-raw.txt "
+      f"{short} {long} {timed_n} ACCEL COMMIT` rebuilds this file from them.")
     w("")
     w("## Syscalls and records per RPC (counts: they do not depend on the emulation)")
     w("")
@@ -98,22 +105,52 @@ def main():
                 t = timed.get((mode, size), {})
                 rec = t.get(f"{side}_records", "?")
                 rec = f"{int(rec) / timed_n:.2f}" if rec.isdigit() else "?"
-                other = f"{r['other']:.2f}"
+                other = fmt(r["other"])
                 if r["other_names"]:
                     other += " (" + ", ".join(r["other_names"]) + ")"
-                w(f"| {size} B | {side} | {mode} | **{r['all']:.2f}** | {r['reads']:.2f} "
-                  f"({r['reads_again']:.2f}) | {r['read_bytes']:.0f} | {r['writes']:.2f} | "
-                  f"{r['write_bytes']:.0f} | {r['waits']:.2f} | {r['futex']:.2f} | {other} | {rec} |")
+                w(f"| {size} B | {side} | {mode} | **{fmt(r['all'])}** | {fmt(r['reads'])} "
+                  f"({fmt(r['reads_again'])}) | {r['read_bytes']:.0f} | {fmt(r['writes'])} | "
+                  f"{r['write_bytes']:.0f} | {fmt(r['waits'])} | {fmt(r['futex'])} | {other} | {rec} |")
             ratios.append((size, side, row["ktls"]["all"] / max(row["rustls"]["all"], 1e-9)))
     w("")
     w("kTLS syscalls per RPC as a share of rustls': " + "; ".join(
         f"{size} B {side} {ratio:.2f}" for size, side, ratio in ratios) + ".")
     w("")
+    again = {m: [per_rpc(syscalls, side, m, size, short, long)["reads_again"]
+                 for size in sizes for side in ("server", "client")] for m in ("rustls", "ktls")}
+    w("### Reading the counts")
+    w("")
+    w("- **Records per RPC are the same on both paths**, by construction: hyper writes each "
+      "HTTP/2 flush as one vectored write, rustls makes one record of it and the kernel one "
+      "record per `writev` (both cut at 16 KiB). What differs is who encrypts: under kTLS the "
+      "bytes per write are plaintext, under rustls ciphertext (22 bytes more per record).")
+    w(f"- **kTLS pays one read that finds nothing per wake-up** (EAGAIN reads per RPC: kTLS "
+      f"{fmt(min(again['ktls']))}–{fmt(max(again['ktls']))}, rustls "
+      f"{fmt(min(again['rustls']))}–{fmt(max(again['rustls']))}). tokio's `TcpStream::poll_read` "
+      "treats a short read as \"socket drained\" and waits for the next event without asking "
+      "again. A kTLS read also stops short at a record of another type (a KeyUpdate), which "
+      "must not wait for an event that may never come, so krpc's kTLS reads ask until `EAGAIN` "
+      "(README, \"One trap, found in the VM\"). That read is the price of never hanging on a "
+      "KeyUpdate.")
+    big = max(sizes)
+    parts = []
+    for side in ("server", "client"):
+        r = {m: per_rpc(syscalls, side, m, big, short, long) for m in ("rustls", "ktls")}
+        parts.append(f"{side}: {r['rustls']['reads'] - r['rustls']['reads_again']:.2f} reads of "
+                     f"{r['rustls']['read_bytes']:.0f} B under rustls, "
+                     f"{r['ktls']['reads'] - r['ktls']['reads_again']:.2f} of "
+                     f"{r['ktls']['read_bytes']:.0f} B under kTLS")
+    w(f"- **Reads that moved data, at {big} B**: " + "; ".join(parts) + ". A kTLS read returns "
+      "decrypted records, as many as are ready; a rustls read takes the ciphertext TCP has and "
+      "rustls decrypts it in user space.")
+    w("- Small differences in `epoll_wait` and `futex` come from how the runtime's threads "
+      "happened to park; the two runs cancel start-up, not scheduling.")
+    w("")
     w("## Time and CPU per RPC (EMULATED: not evidence)")
     w("")
     w(f"The same {timed_n} RPCs without strace. The VM runs under {accel}: every instruction "
-      "is translated, so these figures say nothing about kTLS's speed on real hardware, where "
-      "the kernel's AES-GCM uses AES-NI and the difference is a few microseconds per RPC. "
+      "is translated, so these figures say nothing about kTLS's speed on real hardware (QEMU's "
+      "emulation of AES-NI and of the kernel's crypto paths costs unlike the real thing). "
       "They are here so that a run on a KVM host, or on a kTLS machine, can be compared with "
       "the same script.")
     w("")
@@ -129,6 +166,24 @@ def main():
             cli = (secs(t["client_user"]) + secs(t["client_sys"])) / timed_n * 1e6
             w(f"| {size} B | {mode} | {wall:.0f} µs (emulated) | {srv:.0f} µs (emulated) | "
               f"{cli:.0f} µs (emulated) |")
+    w("")
+    w("## What a native run on a kTLS kernel would add")
+    w("")
+    w("- **CPU per RPC that means something**: the server's per-thread CPU clocks under load, "
+      "kTLS against rustls, interleaved in rounds against fresh servers with medians and 95% "
+      "intervals (the method DESIGN.md sets for krpc's measurements), at 64 B where the "
+      "syscall and copy costs dominate and at 16 KiB where the AES-GCM work does. On real "
+      "hardware the kernel's AES-GCM and rustls' (ring) both use AES-NI; kTLS decrypts straight "
+      "into the reader's buffer and encrypts from the writer's, where rustls adds a pass through "
+      "its own buffers, so its gain is expected to grow with message size (and with `sendfile`, "
+      "which krpc does not use) and to be small for 64-byte RPCs. That is an expectation to "
+      "measure, not a result of this report.")
+    w("- **Throughput at saturation** with many connections and streams in flight, where "
+      "writes batch several HTTP/2 frames per record and the counts above change.")
+    w("- **NIC offload** (`TLS_HW`, e.g. ConnectX-6 Dx): the crypto leaves the CPU entirely; "
+      "rekeying under `TLS_HW` is untested here.")
+    w("- A KVM host gives the same counts in a fraction of the time; its timings would be "
+      "closer to native but still virtualised.")
     w("")
     return "\n".join(out)
 

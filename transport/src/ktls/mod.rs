@@ -104,34 +104,19 @@ pub(crate) enum UpgradeError {
 
 /// Server side: handshake, then the records into the kernel.
 pub(crate) async fn accept(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     config: Arc<ServerConfig>,
     options: KtlsOptions,
 ) -> Result<(KtlsStream, ConnInfo), UpgradeError> {
     let conn = UnbufferedServerConnection::new(config)
         .map_err(|e| UpgradeError::Handshake(HandshakeError::Tls(e)))?;
-    let done = handshake::drive(&mut tcp, conn)
-        .await
-        .map_err(UpgradeError::Handshake)?;
-    let suite = done.kernel.negotiated_cipher_suite();
-    let info = ConnInfo::ktls(&tcp, done.kernel.protocol_version(), suite)
-        .map_err(|e| UpgradeError::Handshake(HandshakeError::Io(e)))?;
-    keys::attach(&tcp, done.secrets).map_err(|e| UpgradeError::Kernel(KtlsError(e)))?;
-    let stream = KtlsStream::new(
-        tcp,
-        stream::Session::Server(done.kernel),
-        peer,
-        options,
-        suite_limit(suite),
-        done.tx_seq,
-    );
-    Ok((stream, info))
+    upgrade(tcp, peer, conn, stream::Session::Server, options).await
 }
 
 /// Client side: handshake with `name`, then the records into the kernel.
 pub(crate) async fn connect(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     name: ServerName<'static>,
     config: Arc<ClientConfig>,
     options: KtlsOptions,
@@ -141,6 +126,16 @@ pub(crate) async fn connect(
         .map_err(|e| UpgradeError::Handshake(HandshakeError::Io(e)))?;
     let conn = UnbufferedClientConnection::new(config, name)
         .map_err(|e| UpgradeError::Handshake(HandshakeError::Tls(e)))?;
+    upgrade(tcp, peer, conn, stream::Session::Client, options).await
+}
+
+async fn upgrade<C: handshake::Unbuffered>(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    conn: C,
+    session: fn(rustls::kernel::KernelConnection<C::Data>) -> stream::Session,
+    options: KtlsOptions,
+) -> Result<(KtlsStream, ConnInfo), UpgradeError> {
     let done = handshake::drive(&mut tcp, conn)
         .await
         .map_err(UpgradeError::Handshake)?;
@@ -150,7 +145,7 @@ pub(crate) async fn connect(
     keys::attach(&tcp, done.secrets).map_err(|e| UpgradeError::Kernel(KtlsError(e)))?;
     let stream = KtlsStream::new(
         tcp,
-        stream::Session::Client(done.kernel),
+        session(done.kernel),
         peer,
         options,
         suite_limit(suite),

@@ -114,8 +114,8 @@ pub(crate) struct KtlsStream {
     /// Records sent over the connection's life.
     records_written: u64,
     pending: Option<Outgoing>,
-    /// We sent a KeyUpdate since our last application data: another request from the peer is
-    /// answered by it (RFC 8446 4.6.3).
+    /// We answered a KeyUpdate request since our last application data: another request from
+    /// the peer is answered by the same update (RFC 8446 4.6.3).
     answered_since_data: bool,
     key_updates_in_a_row: u32,
     handshakes: Handshakes,
@@ -226,7 +226,7 @@ impl KtlsStream {
             });
             match sent {
                 Ok(n) => {
-                    out.sent += n;
+                    out.sent = (out.sent + n).min(out.bytes.len());
                     if out.sent < out.bytes.len() {
                         continue;
                     }
@@ -267,7 +267,11 @@ impl KtlsStream {
         keys::set_tx(&self.tcp, seq, &secrets)
             .map_err(|e| kernel_rekey_error(RekeyDirection::Tx, e, false))?;
         self.tx_records = seq;
-        self.answered_since_data = true;
+        // Our own rekey may have crossed the peer's request on the wire; only an answer
+        // counts as one.
+        if initiator == RekeyInitiator::Peer {
+            self.answered_since_data = true;
+        }
         events::count_rekey(RekeyDirection::Tx, initiator);
         debug!(peer = %self.peer, initiator = initiator.as_str(), "kTLS: new TX key");
         Ok(())
@@ -335,7 +339,11 @@ impl KtlsStream {
                 "the record type control message was truncated".into(),
             )));
         }
-        let payload = &self.control_buf[..got.len];
+        let Some(payload) = self.control_buf.get(..got.len) else {
+            return Err(Failure::Record(RecordError::Kernel(
+                "recvmsg reported more bytes than the buffer holds".into(),
+            )));
+        };
         let record_type = match got.record_type {
             Some(t) => t,
             None if got.len == 0 => {

@@ -119,7 +119,10 @@ impl AsyncWrite for KtlsStream {
             this.queue_key_update(false, RekeyInitiator::Local);
             ready!(this.poll_pending(Some(cx)))?;
         }
-        let room = this.limit.saturating_sub(this.tx_records + 1).max(1);
+        let room = this
+            .limit
+            .saturating_sub(this.tx_records.saturating_add(1))
+            .max(1);
         let max_bytes =
             usize::try_from(room.saturating_mul(MAX_RECORD as u64)).unwrap_or(usize::MAX);
         let n = if len <= max_bytes {
