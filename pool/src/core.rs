@@ -20,11 +20,11 @@ use crossbeam_utils::CachePadded;
 
 use crate::{
     Config, SIZE_CLASSES, Strategy,
-    list::{Chain, Node, RemoteList, ReturnList},
+    list::{Chain, Node, RemoteList, ReturnList, Stack},
     pool::Inner,
     slab::{self, SlabHeader},
     stats::{OwnerStats, RemoteStats},
-    sync::{AtomicBool, Mutex, UnsafeCell, lock},
+    sync::{AtomicBool, Mutex, OwnerCounter, UnsafeCell, lock},
 };
 
 pub(crate) const CLASSES: usize = SIZE_CLASSES.len();
@@ -49,7 +49,9 @@ pub(crate) struct Owner {
     pub(crate) defer_max: usize,
     /// Frees collected for one other core before they are handed over.
     pub(crate) batch: usize,
-    pub(crate) free: UnsafeCell<[Chain; CLASSES]>,
+    pub(crate) free: UnsafeCell<[Stack; CLASSES]>,
+    /// Blocks on each free list (owner-written; snapshots read them).
+    pub(crate) free_len: [OwnerCounter; CLASSES],
     pub(crate) carve: UnsafeCell<[Carve; CLASSES]>,
     /// Frees collected for each other core, handed over a batch at a time.
     pub(crate) outbox: UnsafeCell<Box<[Chain]>>,
@@ -125,7 +127,8 @@ impl Core {
                 cap: config.cap_bytes_per_core,
                 defer_max: config.defer_max,
                 batch: config.remote_batch(),
-                free: UnsafeCell::new(std::array::from_fn(|_| Chain::new())),
+                free: UnsafeCell::new(std::array::from_fn(|_| Stack::default())),
+                free_len: Default::default(),
                 carve: UnsafeCell::new(std::array::from_fn(|_| Carve {
                     next: ptr::null_mut(),
                     end: ptr::null_mut(),
@@ -157,10 +160,7 @@ impl Core {
     pub(crate) unsafe fn pop_free(&self, class: usize) -> Option<NonNull<u8>> {
         // SAFETY: owner-only state, and the caller is the owner.
         let node = self.owner.free.with_mut(|f| unsafe { (*f)[class].pop() })?;
-        self.owner
-            .stats
-            .cached_bytes
-            .sub(SIZE_CLASSES[class] as u64);
+        self.owner.free_len[class].sub(1);
         // SAFETY: popped, so ours; it is handed out as a block now.
         Some(unsafe { Node::into_block(node) })
     }
@@ -177,15 +177,28 @@ impl Core {
         self.owner
             .free
             .with_mut(|f| unsafe { (*f)[class].push(node) });
-        self.owner
-            .stats
-            .cached_bytes
-            .add(SIZE_CLASSES[class] as u64);
+        self.owner.free_len[class].add(1);
     }
 
-    /// Bytes on this core's free lists (owner's view).
+    /// Whether one more block of `class` keeps this core's free lists within the cap. O(1)
+    /// while the class holds under its share of the cap (cap / classes), which is the common
+    /// case; a full sum over the classes past it.
+    pub(crate) fn fits(&self, class: usize) -> bool {
+        let size = SIZE_CLASSES[class];
+        let cap = self.owner.cap;
+        (self.owner.free_len[class].get() as usize + 1) * size <= cap / CLASSES
+            || self.cached_bytes() + size <= cap
+    }
+
+    /// Bytes on this core's free lists. Any thread may ask (the lengths are owner-written
+    /// counters); exact on the owner's thread.
     pub(crate) fn cached_bytes(&self) -> usize {
-        self.owner.stats.cached_bytes.get() as usize
+        self.owner
+            .free_len
+            .iter()
+            .zip(SIZE_CLASSES)
+            .map(|(len, size)| len.get() as usize * size)
+            .sum()
     }
 
     /// A fresh block of `class` from this core's slab memory; a new slab when the current one
@@ -269,19 +282,23 @@ impl Core {
 mod tests {
     use super::Sampler;
 
-    /// The gaps are geometric with mean 64 (each free sampled independently with p = 1/64):
-    /// mean ~64 and variance ~(1-p)/p^2 = 4032, unlike a fixed or uniform period.
+    /// The gaps are geometric with mean m = FREE_SAMPLE_EVERY (each free sampled
+    /// independently with p = 1/m): mean ~m, variance ~(1-p)/p^2 and P(gap = 1) = p, unlike a
+    /// fixed or uniform period.
     #[test]
     fn sample_gaps_are_geometric() {
+        let m = f64::from(crate::FREE_SAMPLE_EVERY);
+        let p = 1.0 / m;
         let mut s = Sampler::new(42);
-        let gaps: Vec<f64> = (0..200_000).map(|_| f64::from(s.gap())).collect();
+        let gaps: Vec<f64> = (0..400_000).map(|_| f64::from(s.gap())).collect();
         let n = gaps.len() as f64;
         let mean = gaps.iter().sum::<f64>() / n;
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
-        assert!((mean - 64.0).abs() < 1.0, "mean {mean}");
-        assert!((var - 4032.0).abs() < 200.0, "variance {var}");
+        let want_var = (1.0 - p) / (p * p);
+        assert!((mean - m).abs() < m * 0.02, "mean {mean}");
+        assert!((var - want_var).abs() < want_var * 0.05, "variance {var}");
         assert!(gaps.iter().all(|&g| g >= 1.0));
         let ones = gaps.iter().filter(|&&g| g == 1.0).count() as f64 / n;
-        assert!((ones - 1.0 / 64.0).abs() < 0.002, "P(gap = 1) = {ones}");
+        assert!((ones - p).abs() < p * 0.15, "P(gap = 1) = {ones}");
     }
 }

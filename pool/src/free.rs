@@ -69,15 +69,17 @@ unsafe fn core_free(
     conn: Option<ConnRef>,
 ) {
     let stats = &here.owner.stats;
+    if here.owner.strategy == Strategy::PerCore && std::ptr::eq(here, header.core.as_ptr()) {
+        // Freed where it was allocated (under per-core a core only allocates its own blocks):
+        // never deferred, no cap check (a core's own blocks never exceed its slab memory,
+        // which the cap bounds), one counter.
+        // SAFETY: our claim; the block is unused and of its slab's class.
+        unsafe { here.push_free(header.class, block) };
+        stats.own_frees.add(1);
+        return;
+    }
     stats.freed_for[origin].add(1);
     match here.owner.strategy {
-        Strategy::PerCore if std::ptr::eq(here, header.core.as_ptr()) => {
-            // Freed where it was allocated: never deferred, and no cap check (a core's own
-            // blocks never exceed its slab memory, which the cap bounds).
-            // SAFETY: our claim; the block is unused and of its slab's class.
-            unsafe { here.push_free(header.class, block) };
-            stats.local_frees.add(1);
-        }
         // SAFETY: forwarded contract.
         Strategy::PerCore => unsafe { defer_out(here, header, block) },
         Strategy::PerConn => match conn {
@@ -143,7 +145,7 @@ unsafe fn timed_free(
 /// As for `core_free`.
 unsafe fn keep_here(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
     let stats = &here.owner.stats;
-    if here.cached_bytes() + SIZE_CLASSES[header.class] <= here.owner.cap {
+    if here.fits(header.class) {
         // SAFETY: our claim; the block is unused.
         unsafe { here.push_free(header.class, block) };
         stats.local_frees.add(1);

@@ -81,6 +81,48 @@ impl Node {
     }
 }
 
+/// A core's free list of one class: a stack of nodes owned by one thread (its length is kept
+/// beside it, in a counter snapshots may read).
+#[derive(Debug)]
+pub(crate) struct Stack {
+    head: *mut Node,
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Self {
+            head: ptr::null_mut(),
+        }
+    }
+}
+
+impl Stack {
+    /// # Safety
+    /// `node` is initialised, owned by the caller, and on no list; it passes to the stack.
+    #[inline(always)]
+    pub(crate) unsafe fn push(&mut self, node: NonNull<Node>) {
+        // SAFETY: the contract.
+        unsafe { Node::set_next(node, self.head) };
+        self.head = node.as_ptr();
+    }
+
+    /// Pops the newest node; it passes to the caller.
+    #[inline(always)]
+    pub(crate) fn pop(&mut self) -> Option<NonNull<Node>> {
+        let node = NonNull::new(self.head)?;
+        // SAFETY: nodes on the stack are initialised and owned by the stack's owner (the
+        // caller, through `&mut self`); the last one links to null.
+        self.head = unsafe { Node::next(node) };
+        Some(node)
+    }
+
+    /// Takes every node (teardown under loom).
+    #[cfg(krpc_loom)]
+    pub(crate) fn drain_nodes(&mut self) -> Vec<NonNull<Node>> {
+        std::iter::from_fn(|| self.pop()).collect()
+    }
+}
+
 /// A stack of nodes owned by one thread, with its length and (while non-empty) its last node.
 #[derive(Debug)]
 pub(crate) struct Chain {

@@ -83,6 +83,18 @@ loom::thread_local! {
     static CURRENT: Cell<*const Core> = Cell::new(ptr::null());
 }
 
+#[cfg(krpc_loom)]
+loom::lazy_static! {
+    /// Pools freed in this loom execution (the models check it).
+    static ref TEARDOWNS: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+}
+
+/// Pools freed in this loom execution.
+#[cfg(krpc_loom)]
+pub(crate) fn teardowns() -> usize {
+    TEARDOWNS.load(Ordering::SeqCst)
+}
+
 /// The core the calling thread is registered as, of any pool (null: none).
 #[inline(always)]
 pub(crate) fn current() -> *const Core {
@@ -288,7 +300,10 @@ impl Inner {
         // SAFETY: the contract: we are the last user; the Box came from `Pool::new`.
         let mut inner = unsafe { Box::from_raw(pool.as_ptr()) };
         #[cfg(krpc_loom)]
-        inner.drop_nodes();
+        {
+            TEARDOWNS.fetch_add(1, Ordering::SeqCst);
+            inner.drop_nodes();
+        }
         for core in inner.cores.iter_mut() {
             // SAFETY: exclusive (the contract).
             let slabs = core
@@ -312,8 +327,8 @@ impl Inner {
         for core in self.cores.iter() {
             // SAFETY: exclusive (teardown's contract).
             core.owner.free.with_mut(|f| unsafe {
-                for chain in (*f).iter_mut() {
-                    nodes.extend(chain.take_all());
+                for stack in (*f).iter_mut() {
+                    nodes.extend(stack.drain_nodes());
                 }
             });
             // SAFETY: as above.
@@ -345,6 +360,7 @@ impl Inner {
                         i,
                         &c.owner.stats,
                         &c.shared.stats,
+                        c.cached_bytes(),
                         self.cores.iter().map(|c| &c.owner.stats),
                     )
                 })

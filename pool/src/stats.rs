@@ -20,7 +20,7 @@ pub fn free_ns_bound(i: usize) -> Option<u64> {
 /// On average one free in this many is timed: each free on a core is sampled independently
 /// with probability 1/`FREE_SAMPLE_EVERY` (geometric gaps between samples), so the sampled
 /// durations are an unbiased sample of all frees, whatever rhythm the workload has.
-pub const FREE_SAMPLE_EVERY: u32 = 64;
+pub const FREE_SAMPLE_EVERY: u32 = 256;
 
 /// What a core counts itself, in its owner memory.
 #[derive(Debug, Default)]
@@ -37,8 +37,9 @@ pub(crate) struct OwnerStats {
     pub(crate) drain_trimmed: OwnerCounter,
     pub(crate) drain_calls: OwnerCounter,
     pub(crate) drain_batches: [OwnerCounter; DRAIN_BUCKETS],
-    /// Bytes on this core's free lists (wrapping arithmetic, read as `i64`).
-    pub(crate) cached_bytes: OwnerCounter,
+    /// Frees of buffers this core allocated, done on this core by the fast path (the other
+    /// frees are counted by origin in `freed_for`, and by kind).
+    pub(crate) own_frees: OwnerCounter,
     pub(crate) slab_bytes: OwnerCounter,
     /// Buffers in this core's outgoing batches, not yet handed over.
     pub(crate) outbox: OwnerCounter,
@@ -246,9 +247,10 @@ pub(crate) fn read_core<'a>(
     c: usize,
     own: &OwnerStats,
     remote: &RemoteStats,
+    bytes_cached: usize,
     owners: impl Iterator<Item = &'a OwnerStats>,
 ) -> CoreStats {
-    let freed: u64 = owners.map(|o| o.freed_for[c].get()).sum();
+    let freed: u64 = owners.map(|o| o.freed_for[c].get()).sum::<u64>() + own.own_frees.get();
     let allocs = own.allocs.get();
     let misses = own.misses.get();
     let large_allocs = own.large_allocs.get();
@@ -259,7 +261,7 @@ pub(crate) fn read_core<'a>(
         large_allocs,
         fallback_allocs: own.fallback_allocs.get(),
         reclaimed: own.reclaimed.get(),
-        local_frees: own.local_frees.get() + remote.local_frees.get(),
+        local_frees: own.own_frees.get() + own.local_frees.get() + remote.local_frees.get(),
         deferred_frees: own.deferred_frees.get() + remote.deferred_frees.get(),
         overflow_frees: own.overflow_frees.get() + remote.overflow_frees.get(),
         drained: own.drained.get() + remote.drained.get(),
@@ -267,7 +269,7 @@ pub(crate) fn read_core<'a>(
         drain_calls: own.drain_calls.get() + remote.drain_calls.get(),
         drain_batches: std::array::from_fn(|i| own.drain_batches[i].get()),
         kicks: remote.kicks.get(),
-        bytes_cached: own.cached_bytes.get() as i64,
+        bytes_cached: bytes_cached as i64,
         slab_bytes: own.slab_bytes.get(),
         free_ns_buckets: std::array::from_fn(|i| own.free_ns_buckets[i].get()),
         free_ns_sum: own.free_ns_sum.get(),

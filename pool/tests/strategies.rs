@@ -410,8 +410,8 @@ fn about_one_free_in_sample_every_is_timed_on_the_freeing_core() {
         }
         pool.snapshot()
     });
-    // Each free is sampled with probability 1/64: the count is Binomial(64000, 1/64), mean
-    // 1000, sd ~31.4. The generator is seeded per core, so this is deterministic.
+    // Each free is sampled with probability 1/every: the count is Binomial(1000 every,
+    // 1/every), mean 1000, sd ~31.6. The generator is seeded per core: deterministic.
     let timed = snap.cores[1].free_samples();
     assert!((850..=1150).contains(&timed), "{timed} timed frees");
     assert!(snap.cores[1].free_ns_sum > 0);
