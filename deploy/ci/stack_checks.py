@@ -9,7 +9,7 @@
                                                   writes RUN: CI less `ports` (see below)
   stack_checks.py sockets CI SERVICE=PID...       each service listens where its command
                                                   says, on loopback; every connection too
-  stack_checks.py targets URL COUNT SECONDS       Prometheus has COUNT targets, all up
+  stack_checks.py targets URL CONFIG SECONDS      Prometheus has every target of CONFIG, all up
   stack_checks.py loadgens SECONDS ADDR...        the load generators' counters over a window
   stack_checks.py dashboard URL DASHBOARD SECONDS every dashboard query returns data
 
@@ -322,7 +322,12 @@ def api(url, path, **params):
     return body["data"]
 
 
-def wait_targets(url, count, seconds):
+def wait_targets(url, config_path, seconds):
+    count = sum(
+        len(static["targets"])
+        for job in load_yaml(config_path)["scrape_configs"]
+        for static in job["static_configs"]
+    )
     deadline = time.monotonic() + seconds
     while True:
         active = api(url, "/api/v1/targets")["activeTargets"]
@@ -426,7 +431,7 @@ def main(argv):
     elif cmd == "sockets" and len(args) >= 2:
         check_sockets(args[0], args[1:])
     elif cmd == "targets" and len(args) == 3:
-        wait_targets(args[0], int(args[1]), float(args[2]))
+        wait_targets(args[0], args[1], float(args[2]))
     elif cmd == "loadgens" and len(args) >= 2:
         check_loadgens(float(args[0]), args[1:])
     elif cmd == "dashboard" and len(args) == 3:
