@@ -7,7 +7,7 @@
                                                   every scrape target is a service's port;
                                                   Grafana's provisioning fits the compose file;
                                                   writes RUN: CI less `ports` (see below)
-  stack_checks.py sockets CI SERVICE=PID...       each service listens where its command
+  stack_checks.py sockets CI SERVICE=PID,...      each service listens where its command
                                                   says, on loopback; every connection too
   stack_checks.py targets URL CONFIG SECONDS      Prometheus has every target of CONFIG, all up
   stack_checks.py loadgens SECONDS ADDR...        the load generators' counters over a window
@@ -275,8 +275,9 @@ def check_sockets(ci_path, pairs):
     services = load_yaml(ci_path)["services"]
     pids = {}
     for pair in pairs:
-        name, pid = pair.split("=")
-        pids[pid] = name
+        name, pid_list = pair.split("=")
+        for pid in pid_list.split(","):
+            pids[pid] = name
     listening = {name: set() for name in pids.values()}
     connections = 0
     out = subprocess.run(["ss", "-H", "-tanp"], check=True, capture_output=True, text=True).stdout
