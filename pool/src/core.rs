@@ -3,10 +3,10 @@
 //!
 //! - [`Owner`]: free lists, slab carving, outgoing batches, counters. Only the thread that
 //!   holds the core's claim touches it (the registered thread through its [`crate::CoreHandle`],
-//!   or `drain_orphans`/teardown while no thread is registered), so it needs no lock and its
+//!   or teardown once no thread is registered), so it needs no lock and its
 //!   counters are plain stores.
 //! - The remote side, each part on a cache line of its own: the defer list (other cores push
-//!   batches, the owner drains), the returned list (frees that went the allocator's way,
+//!   batches, the owner drains; closed while the core has no owner), the returned list (frees that went the allocator's way,
 //!   reclaimed by the owner on a miss), and the claim flag, kick waker and remote counters.
 
 #![allow(unsafe_code)] // one of the pool's fenced unsafe parts (lib.rs)
@@ -97,7 +97,7 @@ impl Sampler {
 /// The remote half's claim flag and kick waker (its lists have lines of their own).
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// A thread holds this core (registered, or `drain_orphans`/teardown for a moment).
+    /// A thread is registered as this core.
     pub(crate) owned: AtomicBool,
     /// Woken when another core's batch takes the defer list past half of `defer_max`. Kicks
     /// are rare (one per `defer_max / 2` deferred frees at most), so a mutex is enough.
@@ -109,7 +109,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub(crate) owner: CachePadded<Owner>,
-    /// Batches other cores hand back (bounded by `defer_max`, drained at end of batch).
+    /// Batches other cores hand back (bounded by `defer_max`, drained at end of batch). Closed
+    /// while no thread owns the core: a hand-over then goes to the returned list instead.
     pub(crate) defer: CachePadded<RemoteList>,
     /// Blocks freed the allocator's way; unbounded, reclaimed on a miss.
     pub(crate) returned: CachePadded<ReturnList>,
@@ -138,7 +139,7 @@ impl Core {
                 sample: UnsafeCell::new(Sampler::new(0x9e37_79b9_7f4a_7c15 ^ index as u64)),
                 stats: OwnerStats::new(cores),
             }),
-            defer: CachePadded::new(RemoteList::new()),
+            defer: CachePadded::new(RemoteList::closed()),
             returned: CachePadded::new(ReturnList::new()),
             shared: CachePadded::new(Shared {
                 owned: AtomicBool::new(false),
@@ -260,21 +261,32 @@ impl Core {
         n
     }
 
-    /// Wakes the owner (a kick), if it registered a waker.
-    pub(crate) fn kick(&self) {
+    /// A kick: counts it and returns the owner's waker, if it registered one. The caller
+    /// wakes it only once it has finished with every pool state it holds (a waker is user
+    /// code: it may drop a `CoreHandle`, or the pool's last handle).
+    #[must_use]
+    pub(crate) fn kick(&self) -> Option<Waker> {
         self.shared.stats.kicks.add(1);
-        let waker = lock(&self.shared.waker).clone();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        lock(&self.shared.waker).clone()
     }
 
-    /// Registers the waker a kick wakes.
+    /// Registers the waker a kick wakes. The one it replaces is dropped after the lock (its
+    /// drop is user code too).
     pub(crate) fn register_waker(&self, waker: &Waker) {
-        let mut slot = lock(&self.shared.waker);
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
+        let old = {
+            let mut slot = lock(&self.shared.waker);
+            if slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                return;
+            }
+            slot.replace(waker.clone())
+        };
+        drop(old);
+    }
+
+    /// Forgets the owner's waker (the owner leaves); the caller drops it when done.
+    #[must_use]
+    pub(crate) fn take_waker(&self) -> Option<Waker> {
+        lock(&self.shared.waker).take()
     }
 }
 

@@ -15,7 +15,7 @@
 
 #![allow(unsafe_code)] // one of the pool's fenced unsafe parts (lib.rs)
 
-use std::{ptr::NonNull, time::Instant};
+use std::{ptr::NonNull, task::Waker, time::Instant};
 
 use crate::{
     SIZE_CLASSES, Strategy,
@@ -36,11 +36,11 @@ pub(crate) unsafe fn free_block(block: NonNull<u8>, origin: usize, conn: Option<
     // SAFETY: the block is outstanding, so its slab (and pool) are alive (see pool.rs).
     let header = unsafe { slab::header_of(block) };
     // SAFETY: a non-null CURRENT is a live core of an open pool (see `Inner::local_core`).
-    match unsafe { current().as_ref() } {
+    let kick = match unsafe { current().as_ref() } {
         Some(here) if here.owner.pool == header.pool => {
             // SAFETY: owner-only state of the calling thread's own core.
             let left = here.owner.sample.with_mut(|s| unsafe {
-                (*s).left -= 1;
+                (*s).left = (*s).left.saturating_sub(1);
                 (*s).left
             });
             if left != 0 {
@@ -51,37 +51,43 @@ pub(crate) unsafe fn free_block(block: NonNull<u8>, origin: usize, conn: Option<
                 unsafe { timed_free(here, header, block, origin, conn) }
             }
         }
-        // SAFETY: forwarded contract.
-        _ => unsafe { foreign_free(header, block, origin, conn) },
+        // SAFETY: forwarded contract; the header is copied: on a closed pool the free may
+        // release the slab it lives in.
+        _ => unsafe { foreign_free(*header, block, origin, conn) },
+    };
+    // A kick wakes the owner only now, when this free touches no pool state any more.
+    if let Some(waker) = kick {
+        waker.wake();
     }
 }
 
-/// A free on a core of the block's pool, by strategy.
+/// A free on a core of the block's pool, by strategy. Returns the owner's waker when the free kicked it (the caller wakes it last).
 ///
 /// # Safety
 /// As for `free_block`; the calling thread holds `here`'s claim.
 #[inline(always)]
+#[must_use]
 unsafe fn core_free(
     here: &Core,
     header: &SlabHeader,
     block: NonNull<u8>,
     origin: usize,
     conn: Option<ConnRef>,
-) {
+) -> Option<Waker> {
     let stats = &here.owner.stats;
     if here.owner.strategy == Strategy::PerCore && std::ptr::eq(here, header.core.as_ptr()) {
         // Freed where it was allocated (under per-core a core only allocates its own blocks):
         // never deferred, no cap check (a core's own blocks never exceed its slab memory,
-        // which the cap bounds), one counter.
+        // which the cap bounds).
         // SAFETY: our claim; the block is unused and of its slab's class.
         unsafe { here.push_free(header.class, block) };
         stats.own_frees.add(1);
-        return;
+        return None;
     }
     stats.freed_for[origin].add(1);
     match here.owner.strategy {
         // SAFETY: forwarded contract.
-        Strategy::PerCore => unsafe { defer_out(here, header, block) },
+        Strategy::PerCore => return unsafe { defer_out(here, header, block) },
         Strategy::PerConn => match conn {
             Some(conn) if !conn.closed() => {
                 // SAFETY: the block is unused.
@@ -110,6 +116,7 @@ unsafe fn core_free(
             }
         }
     }
+    None
 }
 
 /// One free in `FREE_SAMPLE_EVERY` (on average, independently drawn): timed.
@@ -118,24 +125,27 @@ unsafe fn core_free(
 /// As for `core_free`.
 #[cold]
 #[inline(never)]
+#[must_use]
 unsafe fn timed_free(
     here: &Core,
     header: &SlabHeader,
     block: NonNull<u8>,
     origin: usize,
     conn: Option<ConnRef>,
-) {
-    let start = Instant::now();
-    // SAFETY: forwarded contract.
-    unsafe { core_free(here, header, block, origin, conn) };
-    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    // SAFETY: our own core's pool is open while we are registered.
-    let clock = unsafe { here.owner.pool.as_ref() }.clock_ns;
-    here.owner.stats.free_sample(ns.saturating_sub(clock));
+) -> Option<Waker> {
+    // The next gap is drawn first, so the sampler is consistent whatever the free does.
     // SAFETY: owner-only state of our own core.
     here.owner
         .sample
         .with_mut(|s| unsafe { (*s).left = (*s).gap() });
+    let start = Instant::now();
+    // SAFETY: forwarded contract.
+    let kick = unsafe { core_free(here, header, block, origin, conn) };
+    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // SAFETY: our own core's pool is open while we are registered.
+    let clock = unsafe { here.owner.pool.as_ref() }.clock_ns;
+    here.owner.stats.free_sample(ns.saturating_sub(clock));
+    kick
 }
 
 /// `local`, and `per-conn` without a live connection: the freeing core keeps the block, up to
@@ -162,7 +172,8 @@ unsafe fn keep_here(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
 /// # Safety
 /// As for `core_free`.
 #[inline(always)]
-unsafe fn defer_out(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
+#[must_use]
+unsafe fn defer_out(here: &Core, header: &SlabHeader, block: NonNull<u8>) -> Option<Waker> {
     let dest = header.core_index;
     // SAFETY: the block is unused: it may become a node.
     let node = unsafe { Node::write(block) };
@@ -174,16 +185,19 @@ unsafe fn defer_out(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
     here.owner.stats.outbox.add(1);
     if queued >= here.owner.batch {
         // SAFETY: our claim.
-        unsafe { flush(here, dest) };
+        unsafe { flush(here, dest) }
+    } else {
+        None
     }
 }
 
-/// Hands this core's batch for `dest` over.
+/// Hands this core's batch for `dest` over; returns `dest`'s waker if it was kicked.
 ///
 /// # Safety
 /// The calling thread holds `here`'s claim.
 #[inline(never)]
-pub(crate) unsafe fn flush(here: &Core, dest: usize) {
+#[must_use]
+pub(crate) unsafe fn flush(here: &Core, dest: usize) -> Option<Waker> {
     // SAFETY: owner-only state of our own core.
     let chain = here
         .owner
@@ -195,26 +209,26 @@ pub(crate) unsafe fn flush(here: &Core, dest: usize) {
     // SAFETY: our core's pool is open while we hold its claim.
     let pool = unsafe { here.owner.pool.as_ref() };
     // SAFETY: the chain's nodes are ours.
-    let pushed = unsafe { hand_over(&pool.cores[dest], chain, here.owner.defer_max) } as u64;
-    stats.deferred_frees.add(pushed);
-    stats.overflow_frees.add(n - pushed);
+    let (pushed, kick) = unsafe { hand_over(&pool.cores[dest], chain, here.owner.defer_max) };
+    stats.deferred_frees.add(pushed as u64);
+    stats.overflow_frees.add(n - pushed as u64);
+    kick
 }
 
 /// Pushes `chain` (blocks owned by `target`) on `target`'s defer list, up to `defer_max`; the
-/// rest, or everything when `target` has no owner to drain it, goes to its returned list.
-/// Kicks the owner when the list crosses half of `defer_max`. Returns how many were deferred.
+/// rest, or everything when the list is closed (no owner to drain it), goes to its returned
+/// list. Returns how many were deferred, and `target`'s waker when the push crossed half of
+/// `defer_max` (a kick: the caller wakes it once it is done with pool state).
 ///
 /// # Safety
 /// The chain's nodes are owned by the caller and belong to `target`'s slabs.
-pub(crate) unsafe fn hand_over(target: &Core, chain: Chain, defer_max: usize) -> usize {
-    // Acquire pairs with the Release of the owner leaving: if it left, we see it and do not
-    // leave buffers on a list nobody drains (a push racing with the leave is picked up by the
-    // next owner, `drain_orphans`, or teardown).
-    if !target.shared.owned.load(crate::sync::Ordering::Acquire) {
-        // SAFETY: the chain is ours.
-        unsafe { target.returned.push(chain) };
-        return 0;
-    }
+#[must_use]
+pub(crate) unsafe fn hand_over(
+    target: &Core,
+    chain: Chain,
+    defer_max: usize,
+) -> (usize, Option<Waker>) {
+    // One CAS: it publishes the chain, checks the bound and sees a closed list at once.
     // SAFETY: the chain is ours.
     let outcome = unsafe { target.defer.push(chain, defer_max) };
     if outcome.rest.len() > 0 {
@@ -222,11 +236,12 @@ pub(crate) unsafe fn hand_over(target: &Core, chain: Chain, defer_max: usize) ->
         unsafe { target.returned.push(outcome.rest) };
     }
     // The kernel sends its IPI when the list reaches half of skb_defer_max: once per crossing.
-    let half = (defer_max / 2).max(1);
-    if outcome.before < half && outcome.before + outcome.pushed >= half {
-        target.kick();
-    }
-    outcome.pushed
+    let half = (defer_max.min(crate::list::MAX_LEN) / 2).max(1);
+    let kick =
+        (outcome.pushed > 0 && outcome.before < half && outcome.before + outcome.pushed >= half)
+            .then(|| target.kick())
+            .flatten();
+    (outcome.pushed, kick)
 }
 
 /// Sends an unused block the allocator's way: its owning core's returned list.
@@ -248,9 +263,8 @@ unsafe fn return_block(header: &SlabHeader, block: NonNull<u8>) {
 /// `block` is an unused block of the slab `header` heads, of `pool`.
 unsafe fn global_free(pool: &Inner, header: &SlabHeader, block: NonNull<u8>) -> bool {
     let size = SIZE_CLASSES[header.class];
-    let cap = pool.config.cap_bytes_per_core * pool.cores.len();
     let mut global = crate::sync::lock(&pool.global);
-    if global.bytes + size <= cap {
+    if global.bytes + size <= pool.global_cap {
         // SAFETY: the block is unused; under the lock the list is ours.
         unsafe { global.lists[header.class].push(Node::write(block)) };
         global.bytes += size;
@@ -263,18 +277,22 @@ unsafe fn global_free(pool: &Inner, header: &SlabHeader, block: NonNull<u8>) -> 
     }
 }
 
-/// A free on a thread that is no core of the block's pool.
+/// A free on a thread that is no core of the block's pool. Returns the owner's waker when the
+/// free kicked it. `header` is a copy: on a closed pool this free may release the slab it was
+/// read from.
 ///
 /// # Safety
 /// As for `free_block`.
 #[cold]
 #[inline(never)]
+#[must_use]
 unsafe fn foreign_free(
-    header: &SlabHeader,
+    header: SlabHeader,
     block: NonNull<u8>,
     origin: usize,
     conn: Option<ConnRef>,
-) {
+) -> Option<Waker> {
+    let header = &header;
     // SAFETY: the block is outstanding, so its pool is alive at least until we say so below.
     let pool = unsafe { header.pool.as_ref() };
     if !pool.enter_foreign() {
@@ -282,16 +300,20 @@ unsafe fn foreign_free(
         debug_assert!(conn.is_none());
         drop(conn);
         // SAFETY: the block was outstanding and is not touched again; neither is `pool`.
-        return unsafe { pool.closed_free() };
+        unsafe { pool.closed_free() };
+        return None;
     }
     let stats = &pool.cores[origin].shared.stats;
     stats.origin_frees.add(1);
+    let mut kick = None;
     match (pool.config.strategy, conn) {
         (Strategy::PerCore, _) => {
             // SAFETY: the block is unused.
             let chain = unsafe { list::single(Node::write(block)) };
             // SAFETY: the chain is ours and belongs to the header's core.
-            let pushed = unsafe { hand_over(header.core.as_ref(), chain, pool.config.defer_max) };
+            let (pushed, k) =
+                unsafe { hand_over(header.core.as_ref(), chain, pool.config.defer_max) };
+            kick = k;
             if pushed == 1 {
                 stats.deferred_frees.add(1);
             } else {
@@ -329,6 +351,7 @@ unsafe fn foreign_free(
     }
     // SAFETY: paired with the `enter_foreign` above; `pool` is not used after.
     unsafe { pool.leave_foreign() };
+    kick
 }
 
 /// Frees a heap buffer's memory's accounting (the memory itself is already freed): counted
@@ -358,14 +381,19 @@ pub(crate) unsafe fn count_heap_free(pool: NonNull<Inner>, origin: usize) {
     unsafe { pool.leave_foreign() };
 }
 
+/// Wakers a drain owes to the cores it kicked; its caller wakes them once it is done with pool
+/// state (a `Vec` allocates only when there is a kick).
+pub(crate) type Kicks = Vec<Waker>;
+
 impl Inner {
     /// End of batch on `core`: hands every outgoing batch over, then moves the buffers other
-    /// cores handed back to the free lists. Returns how many it moved in. A drain that does
-    /// any work is timed (it is part of the free path); an idle one costs two relaxed loads.
+    /// cores handed back to the free lists. Returns how many it moved in; the wakers of the
+    /// cores it kicked go to `kicks`. A drain that does any work is timed (it is part of the
+    /// free path); an idle one costs two relaxed loads.
     ///
     /// # Safety
     /// The calling thread holds `core`'s claim.
-    pub(crate) unsafe fn drain(&self, core: &Core) -> usize {
+    pub(crate) unsafe fn drain(&self, core: &Core, kicks: &mut Kicks) -> usize {
         let stats = &core.owner.stats;
         stats.drain_calls.add(1);
         if stats.outbox.get() == 0 && core.defer.len() == 0 {
@@ -377,23 +405,49 @@ impl Inner {
             // SAFETY: owner-only state of our own core.
             if core.owner.outbox.with(|o| unsafe { (*o)[dest].len() }) > 0 {
                 // SAFETY: our claim.
-                unsafe { flush(core, dest) };
+                kicks.extend(unsafe { flush(core, dest) });
             }
         }
+        // SAFETY: our claim; the chain was taken off our own defer list.
+        let n = unsafe { Self::home(core, core.defer.take_all()) };
+        stats.drained.add(n as u64);
+        stats.drain_batch(n);
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.drain_ns.add(ns.saturating_sub(self.clock_ns));
+        n
+    }
+
+    /// The owner leaves `core`: a last drain, then the defer list is closed, and what arrived
+    /// before the close is taken home too. From the close on, hand-overs see the list closed
+    /// in their own compare-and-swap and go to the returned list, so nothing is stranded on a
+    /// list nobody drains.
+    ///
+    /// # Safety
+    /// As for `drain`; the caller releases the claim afterwards.
+    pub(crate) unsafe fn leave(&self, core: &Core, kicks: &mut Kicks) {
+        // SAFETY: forwarded contract.
+        unsafe { self.drain(core, kicks) };
+        // SAFETY: as above; the chain was on our own defer list.
+        let n = unsafe { Self::home(core, core.defer.close()) };
+        core.owner.stats.drained.add(n as u64);
+    }
+
+    /// Puts a chain taken off `core`'s defer list on its free lists. Blocks on a core's defer
+    /// list are from its own slabs (per-core hands a block only to its owner), so no cap check
+    /// is needed. Returns how many.
+    ///
+    /// # Safety
+    /// The calling thread holds `core`'s claim and owns `chain`, taken off `core`'s list.
+    unsafe fn home(core: &Core, chain: Chain) -> usize {
         let mut n = 0;
-        for node in core.defer.take_all() {
-            // SAFETY: taken, so ours; blocks on a core's defer list are from its own slabs
-            // (per-core hands a block only to its owner), so no cap check is needed.
+        for node in chain {
+            // SAFETY: the contract; the block's slab is alive while the pool is.
             unsafe {
                 let block = Node::into_block(node);
                 core.push_free(slab::header_of(block).class, block);
             }
             n += 1;
         }
-        stats.drained.add(n as u64);
-        stats.drain_batch(n);
-        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        stats.drain_ns.add(ns.saturating_sub(self.clock_ns));
         n
     }
 
@@ -436,6 +490,7 @@ impl Inner {
                 s.drained.add(n as u64);
                 s.drain_trimmed.add(trimmed);
                 s.drain_calls.add(1);
+                s.drain_batches[crate::stats::drain_bucket(n)].add(1);
             }
         }
         n

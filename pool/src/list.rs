@@ -20,8 +20,15 @@ use crate::sync::{AtomicPtr, AtomicU64, Ordering, UnsafeCell};
 /// slab above that, so every block fits.
 pub(crate) const PTR_BITS: u32 = 48;
 const PTR_MASK: u64 = (1 << PTR_BITS) - 1;
-/// Longest `RemoteList`: what the 16 high bits of the head can count.
-pub(crate) const MAX_LEN: usize = (1 << (64 - PTR_BITS)) - 1;
+/// Longest `RemoteList`: what the 16 high bits of the head can count, less the one value that
+/// marks a closed list.
+pub(crate) const MAX_LEN: usize = (1 << (64 - PTR_BITS)) - 2;
+/// The head of a closed list (no owner to drain it): a length no open list can have.
+const CLOSED: u64 = ((MAX_LEN as u64) + 1) << PTR_BITS;
+
+// A node is written at the start of a block: it must fit the smallest block and its alignment.
+const _: () = assert!(std::mem::size_of::<Node>() <= crate::SIZE_CLASSES[0]);
+const _: () = assert!(std::mem::align_of::<Node>() <= 64);
 
 /// The link written at the start of a free block. Under loom the link is a loom cell, so a
 /// missing happens-before edge between the thread that wrote it and the one that follows it
@@ -226,7 +233,8 @@ pub(crate) struct Pushed {
     pub(crate) before: usize,
     /// Nodes that went on (the first ones of the chain).
     pub(crate) pushed: usize,
-    /// What did not fit under `max` (empty when everything went on).
+    /// What did not fit under `max`, or everything when the list is closed (empty when
+    /// everything went on).
     pub(crate) rest: Chain,
 }
 
@@ -247,35 +255,54 @@ fn unpack(word: u64) -> (*mut Node, usize) {
 }
 
 impl RemoteList {
+    /// An open, empty list.
     pub(crate) fn new() -> Self {
         Self {
             head: AtomicU64::new(0),
         }
     }
 
+    /// A closed list: pushes are refused until its owner opens it.
+    pub(crate) fn closed() -> Self {
+        Self {
+            head: AtomicU64::new(CLOSED),
+        }
+    }
+
     /// Nodes on the list now (a relaxed read: exact once the pushers are quiet).
     pub(crate) fn len(&self) -> usize {
-        unpack(self.head.load(Ordering::Relaxed)).1
+        match self.head.load(Ordering::Relaxed) {
+            CLOSED => 0,
+            word => unpack(word).1,
+        }
     }
 
     /// Pushes as much of `chain` as keeps the list at or under `max` nodes (`max` is capped at
-    /// [`MAX_LEN`]), with one successful compare-and-swap; what does not fit comes back in
-    /// [`Pushed::rest`].
+    /// [`MAX_LEN`]), with one successful compare-and-swap; what does not fit, or everything if
+    /// the list is closed, comes back in [`Pushed::rest`].
     ///
     /// # Safety
     /// Every node of `chain` is initialised and owned by the caller; the pushed ones pass to
     /// the list (and then to whoever takes it).
     pub(crate) unsafe fn push(&self, mut chain: Chain, max: usize) -> Pushed {
+        debug_assert!(
+            chain.len == 0 || !chain.tail.is_null(),
+            "a pushed chain knows its tail"
+        );
         let max = max.min(MAX_LEN);
         let mut rest = Chain::new();
         let mut word = self.head.load(Ordering::Relaxed);
         loop {
             let (head, before) = unpack(word);
-            let room = max.saturating_sub(before);
+            let room = if word == CLOSED {
+                0
+            } else {
+                max.saturating_sub(before)
+            };
             if room == 0 || chain.len == 0 {
                 rest = join(chain, rest);
                 return Pushed {
-                    before,
+                    before: if word == CLOSED { 0 } else { before },
                     pushed: 0,
                     rest,
                 };
@@ -291,8 +318,8 @@ impl RemoteList {
             unsafe { Node::set_next(NonNull::new_unchecked(chain.tail), head) };
             let new = pack(chain.head, before + chain.len);
             // Release: the nodes' links and the buffers' last writes happen-before the
-            // owner's Acquire swap in `take_all` (a later pusher's CAS is a read-modify-write
-            // and continues this release sequence).
+            // owner's Acquire swap in `take_all` or `close` (a later pusher's CAS is a
+            // read-modify-write and continues this release sequence).
             match self
                 .head
                 .compare_exchange_weak(word, new, Ordering::Release, Ordering::Relaxed)
@@ -314,22 +341,43 @@ impl RemoteList {
         }
     }
 
-    /// Takes every node pushed so far. Only the list's owner (or the holder of its claim)
-    /// calls this.
+    /// Takes every node pushed so far. Only the list's owner calls this, on an open list.
     pub(crate) fn take_all(&self) -> Chain {
-        if self.head.load(Ordering::Relaxed) == 0 {
+        let word = self.head.load(Ordering::Relaxed);
+        if word == 0 || word == CLOSED {
             // Nothing to take: no locked instruction (a drain at every park is mostly this).
             return Chain::new();
         }
         // Acquire pairs with every pusher's Release CAS.
-        let (head, len) = unpack(self.head.swap(0, Ordering::Acquire));
-        Chain {
-            head,
-            // Unknown without a walk, and only needed to push a chain: a taken chain is only
-            // popped from.
-            tail: ptr::null_mut(),
-            len,
-        }
+        taken(self.head.swap(0, Ordering::Acquire))
+    }
+
+    /// Opens a closed list (a new owner arrives). Only the holder of the owner's claim calls
+    /// this.
+    pub(crate) fn open(&self) {
+        let was = self.head.swap(0, Ordering::Relaxed);
+        debug_assert_eq!(was, CLOSED, "only a closed list is opened");
+    }
+
+    /// Closes the list and takes what was on it (the owner leaves): from here on pushers see
+    /// it closed in the very compare-and-swap they push with, so nothing is left on a list
+    /// that nobody drains.
+    pub(crate) fn close(&self) -> Chain {
+        // Acquire pairs with the pushers' Release CAS, as in `take_all`.
+        taken(self.head.swap(CLOSED, Ordering::Acquire))
+    }
+}
+
+/// The chain a swap took off an open list.
+fn taken(word: u64) -> Chain {
+    debug_assert_ne!(word, CLOSED);
+    let (head, len) = unpack(word);
+    Chain {
+        head,
+        // Unknown without a walk, and only needed to push a chain: a taken chain is only
+        // popped from (`push` and `join` check this in debug builds).
+        tail: ptr::null_mut(),
+        len,
     }
 }
 
@@ -356,6 +404,7 @@ impl ReturnList {
         if chain.len == 0 {
             return;
         }
+        debug_assert!(!chain.tail.is_null(), "a pushed chain knows its tail");
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: the chain is ours until the CAS publishes it; non-empty, so its tail is
@@ -430,6 +479,7 @@ fn join(mut front: Chain, back: Chain) -> Chain {
     if front.len == 0 {
         return back;
     }
+    debug_assert!(!front.tail.is_null(), "a joined chain knows its tail");
     // SAFETY: both chains are owned by the caller; `front` is non-empty so its tail is set
     // (chains built by `push`/`split_after` always know their tail).
     unsafe { Node::set_next(NonNull::new_unchecked(front.tail), back.head) };

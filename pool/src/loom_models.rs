@@ -11,7 +11,10 @@
 //! | `remote_batch_is_drained_exactly_once` | a batch handed over with one CAS while the owner drains |
 //! | `a_kick_wakes_the_owner_at_half` | kick at half of `defer_max`, waker under its mutex |
 //! | `past_defer_max_frees_go_the_allocators_way` | overflow to the returned list, reclaimed on a miss |
-//! | `the_owner_leaves_while_a_batch_arrives` | owner claim/release, orphan draining |
+//! | `the_owner_leaves_while_a_batch_arrives` | owner claim/release: the defer list closed in the hand-over's own CAS |
+//! | `another_thread_takes_the_core_over` | the claim handed to a new thread while a batch is in flight |
+//! | `a_waker_registered_while_a_kick_happens` | the waker slot and the kick racing |
+//! | `two_freers_race_for_a_short_list` | `RemoteList` under contention: failed CAS, split, rejoin, retry |
 //! | `a_connection_closes_while_its_buffer_is_freed` | per-conn `closed` flag and its list |
 //! | `the_pool_closes_while_a_foreign_thread_frees` | the pool's lifetime (close, settle, teardown) |
 //! | `global_frees_race_with_allocations` | the global strategy's locked list |
@@ -125,7 +128,7 @@ fn past_defer_max_frees_go_the_allocators_way() {
         let pool = pool(Strategy::PerCore, 2, 1);
         let core0 = pool.register_current_thread(0).unwrap();
         let freer = free_on_core_1(&pool, vec![core0.alloc(8), core0.alloc(8)]);
-        while pool.snapshot().cores[1].overflow_frees == 0 {
+        while core0.pending() == 0 {
             thread::yield_now();
         }
         // A miss takes the returned block back (following its link, written on core 1)
@@ -157,10 +160,106 @@ fn the_owner_leaves_while_a_batch_arrives() {
         let freer = free_on_core_1(&pool, vec![core0.alloc(8)]);
         drop(core0); // unregisters: the hand-over finds the owner there or gone
         freer.join().unwrap();
-        pool.drain_orphans();
         let s = pool.snapshot();
         assert_eq!(s.total().deferred_frees + s.total().overflow_frees, 1);
         s.check_balanced().unwrap();
+    });
+}
+
+#[test]
+fn another_thread_takes_the_core_over() {
+    model(|| {
+        let pool = pool(Strategy::PerCore, 2, 4);
+        let core0 = pool.register_current_thread(0).unwrap();
+        let bufs = vec![core0.alloc(8), core0.alloc(8)];
+        let freer = free_on_core_1(&pool, bufs);
+        drop(core0);
+        // A new thread becomes core 0 while core 1's hand-over may still be in flight: it
+        // finds the list closed (returned list) or open again (the new owner drains it).
+        let pool0 = pool.clone();
+        let heir = thread::spawn(move || {
+            let core0 = pool0.register_current_thread(0).unwrap();
+            let again = core0.alloc(8); // may reclaim a returned block, following its link
+            drop(again);
+            core0.drain();
+        });
+        freer.join().unwrap();
+        heir.join().unwrap();
+        pool.snapshot().check_balanced().unwrap();
+    });
+}
+
+#[test]
+fn a_waker_registered_while_a_kick_happens() {
+    model(|| {
+        let pool = pool(Strategy::PerCore, 2, 2);
+        let core0 = pool.register_current_thread(0).unwrap();
+        let freer = free_on_core_1(&pool, vec![core0.alloc(8)]);
+        let flag = std::sync::Arc::new(Flag::default());
+        core0.register_waker(&Waker::from(flag.clone()));
+        while core0.pending() == 0 {
+            thread::yield_now();
+        }
+        assert_eq!(core0.drain(), 1);
+        freer.join().unwrap();
+        // The kick happened exactly once; it found the waker or came before it.
+        assert_eq!(pool.snapshot().cores[0].kicks, 1);
+        drop(core0);
+        pool.snapshot().check_balanced().unwrap();
+    });
+}
+
+/// The lock-free push under contention, on the list itself: two freers push chains of two
+/// onto a list that holds three while the owner takes. A freer's CAS fails when the other got
+/// in first, its chain is split to what still fits and rejoined on the retry.
+#[test]
+fn two_freers_race_for_a_short_list() {
+    use std::ptr::NonNull;
+
+    use crate::list::{Chain, Node, RemoteList};
+
+    #[allow(unsafe_code)]
+    fn chain_of(n: usize) -> Chain {
+        let mut c = Chain::new();
+        for _ in 0..n {
+            let block = NonNull::from(Box::leak(Box::new([0u64; 8]))).cast();
+            // SAFETY: a fresh 64-byte aligned block, ours.
+            unsafe { c.push(Node::write(block)) };
+        }
+        c
+    }
+    #[allow(unsafe_code)]
+    fn free_all(chain: impl Iterator<Item = NonNull<Node>>) -> usize {
+        let mut n = 0;
+        for node in chain {
+            // SAFETY: every node comes from `chain_of` and is freed once, by its last owner.
+            drop(unsafe { Box::from_raw(Node::into_block(node).cast::<[u64; 8]>().as_ptr()) });
+            n += 1;
+        }
+        n
+    }
+    #[allow(unsafe_code)]
+    fn push(list: &RemoteList) -> usize {
+        // SAFETY: a fresh chain, ours; what is refused comes back and is freed here.
+        let outcome = unsafe { list.push(chain_of(2), 3) };
+        free_all(outcome.rest);
+        outcome.pushed
+    }
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let list = loom::sync::Arc::new(RemoteList::new());
+        let freers: Vec<_> = (0..2)
+            .map(|_| {
+                let list = list.clone();
+                thread::spawn(move || push(&list))
+            })
+            .collect();
+        let mut taken = free_all(list.take_all());
+        let pushed: usize = freers.into_iter().map(|f| f.join().unwrap()).sum();
+        taken += free_all(list.take_all());
+        assert_eq!(taken, pushed, "every pushed node is taken exactly once");
+        assert!((2..=4).contains(&pushed), "pushed {pushed}");
     });
 }
 

@@ -27,6 +27,7 @@ use crate::{
     buf::PoolBuf,
     class_of,
     core::{CLASSES, Core},
+    free::Kicks,
     list::Chain,
     slab,
     stats::{Snapshot, read_core},
@@ -57,7 +58,12 @@ pub(crate) struct GlobalLists {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
+    /// This allocation, as `Box::into_raw` gave it: every pointer to the pool (cores, slab
+    /// headers, teardown) derives from it, never from a `&Inner`.
+    this: NonNull<Inner>,
     pub(crate) config: Config,
+    /// Bytes the global list may hold (`cap_bytes_per_core` x cores, saturating).
+    pub(crate) global_cap: usize,
     pub(crate) cores: Box<[Core]>,
     pub(crate) global: Mutex<GlobalLists>,
     life: CachePadded<Life>,
@@ -133,7 +139,7 @@ impl Init<'_> {
 
 impl Inner {
     fn pool_ptr(&self) -> NonNull<Inner> {
-        NonNull::from(self)
+        self.this
     }
 
     /// A buffer of `len` bytes from `core`.
@@ -215,7 +221,11 @@ impl Inner {
 
     /// A handle more (a clone of one the caller holds).
     pub(crate) fn acquire(&self) {
-        self.life.handles.fetch_add(1, Ordering::Relaxed);
+        // As `Arc` does: a count this high means clones are being leaked; wrapping would free
+        // the pool under its users.
+        if self.life.handles.fetch_add(1, Ordering::Relaxed) > isize::MAX as usize {
+            std::process::abort();
+        }
     }
 
     /// A handle less; the last one closes the pool (and may free it: `self` may dangle after).
@@ -285,7 +295,8 @@ impl Inner {
     /// Called exactly once, after the close, with no foreign free in flight.
     unsafe fn settle(&self) {
         let out = self.snapshot().total().outstanding;
-        let out = isize::try_from(out).unwrap_or(isize::MAX);
+        debug_assert!(out >= 0, "more frees than allocations: {out}");
+        let out = isize::try_from(out.max(0)).unwrap_or(isize::MAX);
         if self.life.late.fetch_add(out, Ordering::AcqRel) + out == 0 {
             // SAFETY: nothing is out, no thread is a core, no foreign free is in flight.
             unsafe { Self::teardown(self.pool_ptr()) };
@@ -438,14 +449,18 @@ pub enum RegisterError {
 }
 
 impl Pool {
+    /// A pool for `config`. `defer_max` is clamped to 1..=65534 (what a defer list's packed
+    /// head can count), `cores` to at least 1.
     pub fn new(config: Config) -> Self {
         let config = Config {
             cores: config.cores.max(1),
-            defer_max: config.defer_max.max(1),
+            defer_max: config.defer_max.clamp(1, crate::list::MAX_LEN),
             ..config
         };
-        let mut inner = Box::new(Inner {
+        let inner = Box::new(Inner {
+            this: NonNull::dangling(),
             cores: (0..config.cores).map(|i| Core::new(i, &config)).collect(),
+            global_cap: config.cap_bytes_per_core.saturating_mul(config.cores),
             config,
             global: Mutex::new(GlobalLists {
                 lists: std::array::from_fn(|_| Chain::new()),
@@ -459,13 +474,17 @@ impl Pool {
             unregistered_allocs: SharedCounter::default(),
             clock_ns: clock_cost_ns(),
         });
-        let ptr = NonNull::from(&mut *inner);
-        for core in inner.cores.iter_mut() {
-            core.owner.pool = ptr;
+        // SAFETY: `Box::into_raw` never returns null.
+        let ptr = unsafe { NonNull::new_unchecked(Box::into_raw(inner)) };
+        // SAFETY: the allocation is ours alone until the pool is returned; the writes go
+        // through the raw pointer every later pointer derives from.
+        unsafe {
+            (*ptr.as_ptr()).this = ptr;
+            for core in (*ptr.as_ptr()).cores.iter_mut() {
+                core.owner.pool = ptr;
+            }
         }
-        Self {
-            inner: NonNull::from(Box::leak(inner)),
-        }
+        Self { inner: ptr }
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -494,15 +513,15 @@ impl Pool {
             .owned
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| RegisterError::CoreTaken { core })?;
+        // The defer list was closed while the core had no owner: hand-overs went to the
+        // returned list (reclaimed on this owner's first misses).
+        state.defer.open();
         CURRENT.with(|c| c.set(state));
-        let handle = CoreHandle {
+        Ok(CoreHandle {
             pool: self.clone(),
             core: NonNull::from(state),
             _not_send: PhantomData,
-        };
-        // Buffers a previous owner left on the defer list.
-        handle.drain();
-        Ok(handle)
+        })
     }
 
     /// A buffer of `len` zeroed bytes from the calling thread's core (one thread-local read
@@ -534,27 +553,6 @@ impl Pool {
     pub fn conn(&self) -> crate::ConnHandle {
         let core = self.inner().local_core().map_or(0, Core::index);
         crate::ConnHandle::new(self.clone(), core)
-    }
-
-    /// Drains the defer lists of cores that no thread owns any more (buffers handed over while
-    /// their owner was leaving). Returns how many buffers it moved.
-    pub fn drain_orphans(&self) -> usize {
-        let inner = self.inner();
-        let mut n = 0;
-        for core in inner.cores.iter() {
-            let owned = &core.shared.owned;
-            if owned
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                if core.defer.len() > 0 {
-                    // SAFETY: we hold the core's claim.
-                    n += unsafe { inner.drain(core) };
-                }
-                owned.store(false, Ordering::Release);
-            }
-        }
-        n
     }
 
     /// Every core's counters.
@@ -616,8 +614,14 @@ impl CoreHandle {
     /// destination), and moves the buffers other cores handed back to this core's free lists.
     /// A runtime calls it when it runs out of ready work (tokio: the park hook).
     pub fn drain(&self) -> usize {
+        let mut kicks = Kicks::new();
         // SAFETY: as in `alloc`.
-        unsafe { self.pool.inner().drain(self.state()) }
+        let n = unsafe { self.pool.inner().drain(self.state(), &mut kicks) };
+        // Wakers are user code: woken once the pool state is left alone.
+        for waker in kicks {
+            waker.wake();
+        }
+        n
     }
 
     /// Buffers waiting on this core's defer list.
@@ -633,12 +637,19 @@ impl CoreHandle {
 
 impl Drop for CoreHandle {
     fn drop(&mut self) {
-        self.drain();
+        let state = self.state();
+        let mut kicks = Kicks::new();
+        // SAFETY: this handle is the claim; it is released just below.
+        unsafe { self.pool.inner().leave(state, &mut kicks) };
+        let waker = state.take_waker();
         CURRENT.with(|c| c.set(ptr::null()));
-        // Release: our owner-half writes happen-before the next claimer's Acquire. From here
-        // on, frees for this core go the allocator's way (its returned list); a hand-over that
-        // raced with this store is collected by the next owner, `drain_orphans`, or teardown.
-        self.state().shared.owned.store(false, Ordering::Release);
-        // `self.pool` is released after this.
+        // Release: our owner-half writes happen-before the next claimer's Acquire.
+        state.shared.owned.store(false, Ordering::Release);
+        // User code last, when this thread is no core any more (a waker that panics or drops
+        // a handle finds the pool consistent); `self.pool` is released after this.
+        drop(waker);
+        for waker in kicks {
+            waker.wake();
+        }
     }
 }

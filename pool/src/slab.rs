@@ -23,7 +23,7 @@ pub(crate) const HEADER_SIZE: usize = 64;
 /// Written once by the owner before any block of the slab is handed out; read-only afterwards.
 /// A block reaches another thread only through a synchronising hand-over (a channel, a lock,
 /// a list push), which orders these writes before that thread's reads.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 pub(crate) struct SlabHeader {
     /// The pool the slab belongs to.

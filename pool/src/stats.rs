@@ -85,6 +85,7 @@ pub(crate) struct RemoteStats {
     pub(crate) drained: SharedCounter,
     pub(crate) drain_trimmed: SharedCounter,
     pub(crate) drain_calls: SharedCounter,
+    pub(crate) drain_batches: [SharedCounter; DRAIN_BUCKETS],
 }
 
 /// Bucket of a drain batch of `n` buffers.
@@ -141,6 +142,9 @@ pub struct CoreStats {
     /// Time spent in drains that moved buffers or handed batches over, nanoseconds (every such
     /// drain is timed).
     pub drain_ns: u64,
+    /// Frees done on this core (the population its sampled frees are drawn from; frees of
+    /// this core's buffers on threads that are no core are not in it).
+    pub core_frees: u64,
     /// Buffers allocated on this core and not yet freed.
     pub outstanding: i64,
 }
@@ -157,15 +161,15 @@ impl CoreStats {
     }
 
     /// Estimated time this core spent in the pool's free path, nanoseconds: every drain (timed
-    /// in full) plus the frees, estimated as the mean sampled free times the number of frees.
-    /// Sampling is independent per free, so the mean is unbiased; the estimate's relative
-    /// error shrinks as 1/sqrt(samples).
+    /// in full) plus the frees done on it, estimated as the mean sampled free times their
+    /// number. Sampling is independent per free, so the mean is unbiased; the estimate's
+    /// relative error shrinks as 1/sqrt(samples).
     pub fn free_path_ns(&self) -> f64 {
         let samples = self.free_samples();
         let frees = if samples == 0 {
             0.0
         } else {
-            self.free_ns_sum as f64 / samples as f64 * self.frees() as f64
+            self.free_ns_sum as f64 / samples as f64 * self.core_frees as f64
         };
         frees + self.drain_ns as f64
     }
@@ -207,6 +211,7 @@ impl Snapshot {
             }
             t.free_ns_sum += c.free_ns_sum;
             t.drain_ns += c.drain_ns;
+            t.core_frees += c.core_frees;
             t.outstanding += c.outstanding;
         }
         t
@@ -267,13 +272,20 @@ pub(crate) fn read_core<'a>(
         drained: own.drained.get() + remote.drained.get(),
         drain_trimmed: own.drain_trimmed.get() + remote.drain_trimmed.get(),
         drain_calls: own.drain_calls.get() + remote.drain_calls.get(),
-        drain_batches: std::array::from_fn(|i| own.drain_batches[i].get()),
+        drain_batches: std::array::from_fn(|i| {
+            own.drain_batches[i].get() + remote.drain_batches[i].get()
+        }),
         kicks: remote.kicks.get(),
         bytes_cached: bytes_cached as i64,
         slab_bytes: own.slab_bytes.get(),
         free_ns_buckets: std::array::from_fn(|i| own.free_ns_buckets[i].get()),
         free_ns_sum: own.free_ns_sum.get(),
         drain_ns: own.drain_ns.get(),
+        core_frees: own.own_frees.get()
+            + own.local_frees.get()
+            + own.deferred_frees.get()
+            + own.overflow_frees.get()
+            + own.outbox.get(),
         outstanding: allocs as i64 - freed as i64 - remote.origin_frees.get() as i64,
     }
 }
@@ -312,6 +324,7 @@ mod tests {
         let c = CoreStats {
             local_frees: 900,
             deferred_frees: 100,
+            core_frees: 1000,
             free_ns_buckets: [0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             free_ns_sum: 200, // 10 samples, 20 ns each
             drain_ns: 500,

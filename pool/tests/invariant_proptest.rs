@@ -86,7 +86,6 @@ fn run(
         }
     });
     drop(senders);
-    pool.drain_orphans();
     pool.snapshot().check_balanced()
 }
 

@@ -59,7 +59,6 @@ fn cross_core(strategy: Strategy, n: usize) -> krpc_pool::Snapshot {
     on_core_1(&pool, move |_, _| drop(bufs));
     core0.drain();
     drop(core0);
-    pool.drain_orphans();
     pool.snapshot()
 }
 
@@ -158,7 +157,6 @@ fn buffers_freed_after_their_core_thread_is_gone_are_not_lost() {
         let core0 = pool.register_current_thread(0).unwrap();
         drop(bufs);
         drop(core0);
-        pool.drain_orphans();
         pool.snapshot()
             .check_balanced()
             .unwrap_or_else(|e| panic!("{strategy}: {e}"));
@@ -256,7 +254,6 @@ fn a_core_keeps_foreign_blocks_up_to_its_cap_and_returns_the_rest() {
     assert_eq!(c0.reclaimed, 44);
     assert_eq!(c0.slab_bytes, slab_before);
     drop((again, core0));
-    pool.drain_orphans();
     pool.snapshot().check_balanced().unwrap();
 }
 

@@ -88,11 +88,12 @@ struct ServeArgs {
     /// none: keyed RPCs run where decoded; owner: Echo/Put/Get run on the core owning hash(key).
     #[arg(long, default_value = "none")]
     handoff: Handoff,
-    /// A defer list holds at most this many buffers; the owner is kicked at half (kernel:
-    /// net.core.skb_defer_max).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    /// A defer list holds at most this many buffers (1..=65534, what its packed head counts);
+    /// the owner is kicked at half (kernel: net.core.skb_defer_max).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_534))]
     defer_max: u32,
-    /// Bytes a core's free lists may hold (e.g. 4MiB); beyond it, frees go to the allocator.
+    /// Slab memory a core may carve, and bytes its free lists may hold (e.g. 4MiB); past it,
+    /// allocations fall back to the heap and frees go the allocator's way (both counted).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pool_cap_bytes: usize,
     /// Largest request message accepted (e.g. 4MiB); larger ones get RESOURCE_EXHAUSTED.
