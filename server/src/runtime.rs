@@ -194,7 +194,7 @@ impl Server {
         listener: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        crate::metrics::serve_prometheus(listener, self.metrics.registry(), shutdown)
+        krpc_telemetry::serve_prometheus(listener, self.metrics.registry(), shutdown)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight RPCs finish

@@ -2,11 +2,10 @@
 //! pool's counters, connections, handshake failures, the kernel's kTLS counters and build info.
 //! Every metric is documented in docs/metrics.md; keep the two in step.
 //!
-//! Served on its own port (`--metrics-listen`) by a small HTTP/1 server on its own thread, so a
-//! scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
+//! Served on its own port (`--metrics-listen`) by krpc-telemetry's small HTTP/1 server on its own
+//! thread, so a scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
 //! histograms) gets the delimited protobuf format; everyone else gets OpenMetrics text.
 
-mod http;
 mod kernel;
 mod pool;
 
@@ -19,44 +18,17 @@ use krpc_pool::Pool;
 use krpc_transport::TlsPath;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, NativeHistogramConfig, exponential_buckets},
-        info::Info,
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
 
-pub use http::serve_prometheus;
+use krpc_telemetry::{CODES, latency_histogram};
 
 use crate::ServerInfo;
 
 /// The methods of the Bench service, as the `method` label spells them; anything else
 /// (health, reflection, unknown paths) is `other`, so a scanner cannot blow up the series count.
 pub(crate) const METHODS: [&str; 6] = ["Echo", "Put", "Get", "EchoStream", "Info", "other"];
-
-/// gRPC status code names, indexed by code number (the `code` label).
-pub(crate) const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// Index into [`METHODS`] for a request path.
 pub(crate) fn method_index(path: &str) -> usize {
@@ -85,16 +57,6 @@ struct ReasonLabels {
 }
 
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
-
-/// The latency histogram of every krpc RPC metric, server's and load generator's alike, so
-/// their buckets line up on one dashboard. Classic: 25 µs to ~6.6 s, doubling. Native: factor
-/// 1.1 (schema 3), enough resolution for p99.9 on loopback latencies, at most 160 buckets.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new_classic_and_native(
-        exponential_buckets(25e-6, 2.0, 19),
-        NativeHistogramConfig::new(1.1).max_buckets(160),
-    )
-}
 
 /// The server's metrics. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -1,4 +1,4 @@
-//! `krpc-loadgen demo`, the README's main job: for each free strategy, start a krpc-server in
+//! `krpc-lab demo`, the README's main job: for each free strategy, start a krpc-server in
 //! this process (TLS auto, owner handoff, development certificates in a temporary directory),
 //! drive the same fixed-rate load against it, stop it; then print the comparison and write the
 //! HTML report. Needs nothing but the command.
@@ -10,13 +10,14 @@ use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
 use krpc_transport::{Acceptor, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    error::{LoadgenError, Result},
+use krpc_loadgen::{
     report,
     result::{PoolSummary, RunResult},
-    run::{Arrival, Mode, RunConfig, run, runtime},
-    workload::{Mix, Workload},
+    run::{Mode, RunConfig, run, runtime},
+    workload::{Arrival, Mix, Workload},
 };
+
+use crate::error::{LabError, Result};
 
 /// The demo's knobs (all have defaults).
 #[derive(Clone, Debug)]
@@ -35,8 +36,8 @@ pub struct DemoOptions {
 
 /// Runs every strategy; returns the results in `Strategy::ALL` order.
 pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| LoadgenError::file("create", &opts.out, e))?;
-    let certs_dir = tempfile::tempdir().map_err(|e| LoadgenError::Runtime {
+    std::fs::create_dir_all(&opts.out).map_err(|e| LabError::file("create", &opts.out, e))?;
+    let certs_dir = tempfile::tempdir().map_err(|e| LabError::Runtime {
         what: "cannot create a temporary directory for the certificates",
         source: Some(e),
     })?;
@@ -62,7 +63,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
         server_name: None,
     };
     let connector = client_tls.connector_with(&ktls)?;
-    let rt = runtime(cores).map_err(|e| LoadgenError::Runtime {
+    let rt = runtime(cores).map_err(|e| LabError::Runtime {
         what: "cannot start the load generator's runtime",
         source: Some(e),
     })?;
@@ -88,7 +89,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
             },
             acceptor,
         );
-        let bind_err = |e| LoadgenError::Runtime {
+        let bind_err = |e| LabError::Runtime {
             what: "cannot bind the embedded server to 127.0.0.1:0",
             source: Some(e),
         };
@@ -126,9 +127,9 @@ pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
         let result = outcome?;
         match served {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(LoadgenError::Server(e)),
+            Ok(Err(e)) => return Err(LabError::Server(e)),
             Err(_) => {
-                return Err(LoadgenError::Runtime {
+                return Err(LabError::Runtime {
                     what: "the embedded server panicked",
                     source: None,
                 });
@@ -154,6 +155,6 @@ pub fn demo(opts: &DemoOptions) -> Result<Vec<RunResult>> {
     }
     let html = report::html(&results)?;
     let report_path = opts.out.join("report.html");
-    std::fs::write(&report_path, html).map_err(|e| LoadgenError::file("write", &report_path, e))?;
+    std::fs::write(&report_path, html).map_err(|e| LabError::file("write", &report_path, e))?;
     Ok(results)
 }
