@@ -6,6 +6,7 @@
 //! thread, so a scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
 //! histograms) gets the delimited protobuf format; everyone else gets OpenMetrics text.
 
+mod cpu;
 mod kernel;
 mod pool;
 
@@ -22,7 +23,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use krpc_telemetry::{CODES, latency_histogram};
+use krpc_telemetry::{
+    CODES,
+    cpu::{ThreadClockGuard, ThreadClocks},
+    latency_histogram,
+};
 
 use crate::ServerInfo;
 
@@ -76,6 +81,8 @@ struct Inner {
     open: Family<TlsLabels, Gauge>,
     accepted: Family<TlsLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
+    /// The runtime threads, by pool core: `krpc_server_cpu_seconds_total`.
+    cpu: ThreadClocks,
 }
 
 impl Metrics {
@@ -126,6 +133,10 @@ impl Metrics {
             tls_stat: kernel::TLS_STAT.into(),
             nics: krpc_transport::nic_tls_offload,
         }));
+        let cpu = ThreadClocks::new();
+        registry.register_collector(Box::new(cpu::CpuCollector {
+            clocks: cpu.clone(),
+        }));
         let slots = pool_slots(info);
         Self {
             inner: Arc::new(Inner {
@@ -137,6 +148,7 @@ impl Metrics {
                 open,
                 accepted,
                 handshake_failures,
+                cpu,
             }),
         }
     }
@@ -180,6 +192,12 @@ impl Metrics {
             .handshake_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Counts the calling thread's CPU time as pool core `core`'s until the guard drops (keep
+    /// it on the thread).
+    pub(crate) fn runtime_thread(&self, core: usize) -> ThreadClockGuard {
+        self.inner.cpu.register_current(core.to_string())
     }
 
     /// The registry behind these metrics.
