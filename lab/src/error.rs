@@ -25,6 +25,19 @@ pub enum LabError {
         #[source]
         source: Option<io::Error>,
     },
+    /// A server's metrics endpoint could not be read.
+    #[error("cannot scrape {url}: {detail}")]
+    Scrape { url: String, detail: String },
+    /// A setting out of range; the message names the flag.
+    #[error("{0}")]
+    Config(String),
+    /// A file that should hold an experiment does not.
+    #[error("{} is not a krpc-lab experiment (JSON)", path.display())]
+    NotAnExperiment {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A file could not be read or written.
     #[error("cannot {action} {}", path.display())]
     File {
