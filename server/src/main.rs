@@ -19,6 +19,11 @@ use krpc_transport::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// `--features mimalloc`: mimalloc serves every allocation the pool does not.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// krpc gRPC server: small RPCs over TLS 1.3, in user space (rustls) or in the kernel (kTLS).
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
