@@ -157,42 +157,44 @@ fn parse_line(line: &str) -> Result<Sample, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FreePathSource {
-    /// `krpc_pool_free_path_seconds_total`: the pool's own unbiased estimate (frees, remote
-    /// hand-over, drains).
+    /// `krpc_pool_free_path_seconds_total`: the pool's own estimate (sampled frees scaled to
+    /// every free, plus every drain that did work, timed in full).
     Exported,
-    /// `krpc_pool_free_duration_seconds_sum` × [`krpc_pool::FREE_SAMPLE_EVERY`]: one free in 64
-    /// per thread is timed; drains are not.
+    /// A server from before that counter: the mean of its sampled frees
+    /// (`krpc_pool_free_duration_seconds_sum / _count`) times its frees; drains not timed.
     SampledFrees,
 }
 
 impl FreePathSource {
-    pub fn describe(self) -> String {
+    pub fn describe(self) -> &'static str {
         match self {
-            Self::Exported => "krpc_pool_free_path_seconds_total (the pool's estimate: frees, \
-                               remote hand-over and drains)"
-                .to_owned(),
-            Self::SampledFrees => format!(
-                "krpc_pool_free_duration_seconds_sum x {} (one free in {} per thread timed; \
-                 drains not timed)",
-                krpc_pool::FREE_SAMPLE_EVERY,
-                krpc_pool::FREE_SAMPLE_EVERY
-            ),
+            Self::Exported => {
+                "krpc_pool_free_path_seconds_total (the pool's estimate: sampled frees scaled to \
+                 every free, plus drains timed in full)"
+            }
+            Self::SampledFrees => {
+                "the mean sampled free (krpc_pool_free_duration_seconds) times the frees; drains \
+                 not timed (a server without krpc_pool_free_path_seconds_total)"
+            }
         }
     }
 }
 
 /// CPU seconds the server spent in the pool's free path so far. The one place that knows
-/// which metric holds it: the pool's own counter where the server exports it, else today's
-/// sampled histogram scaled by its sampling rate.
+/// which metric holds it: the pool's own counter where the server exports it, else an estimate
+/// from the sampled free durations (whatever the sampling rate: mean sample times frees).
 pub fn free_path_seconds(scrape: &Scrape) -> Option<(f64, FreePathSource)> {
     if let Some(s) = scrape.sum("krpc_pool_free_path_seconds_total") {
         return Some((s, FreePathSource::Exported));
     }
-    let sampled = scrape.sum("krpc_pool_free_duration_seconds_sum")?;
-    Some((
-        sampled * f64::from(krpc_pool::FREE_SAMPLE_EVERY),
-        FreePathSource::SampledFrees,
-    ))
+    let sum = scrape.sum("krpc_pool_free_duration_seconds_sum")?;
+    let samples = scrape.sum("krpc_pool_free_duration_seconds_count")?;
+    let frees = ["local", "deferred", "overflow"]
+        .iter()
+        .filter_map(|kind| scrape.sum(&format!("krpc_pool_{kind}_frees_total")))
+        .sum::<f64>();
+    let mean = if samples > 0.0 { sum / samples } else { 0.0 };
+    Some((mean * frees, FreePathSource::SampledFrees))
 }
 
 /// What the lab takes from one scrape of a krpc-server.
@@ -283,8 +285,12 @@ krpc_rpc_duration_seconds_bucket{method="Put",le="+Inf"} 100
 krpc_pool_allocs_total{strategy="local",core="0"} 250
 krpc_pool_allocs_total{strategy="local",core="1"} 150
 krpc_pool_misses_total{strategy="local",core="1"} 7
+krpc_pool_local_frees_total{strategy="local",core="0"} 390
+krpc_pool_overflow_frees_total{strategy="local",core="1"} 10
 krpc_pool_free_duration_seconds_sum{strategy="local",core="0"} 0.001
 krpc_pool_free_duration_seconds_sum{strategy="local",core="1"} 0.002
+krpc_pool_free_duration_seconds_count{strategy="local",core="0"} 2
+krpc_pool_free_duration_seconds_count{strategy="local",core="1"} 4
 krpc_build_info{version="0.1.0",note="a \"quoted\" label, with a comma"} 1
 # EOF
 "#;
@@ -298,10 +304,13 @@ krpc_build_info{version="0.1.0",note="a \"quoted\" label, with a comma"} 1
         assert_eq!(c.rpcs, 400.0);
         assert_eq!(c.pool.allocs, 400.0);
         assert_eq!(c.pool.misses, 7.0);
-        // Today's server: the sampled histogram, scaled by the sampling rate.
+        // A server without the pool's own counter: the mean sample (3 ms / 6) times 400 frees.
         assert_eq!(c.free_path_source, Some(FreePathSource::SampledFrees));
-        let expected = 0.003 * f64::from(krpc_pool::FREE_SAMPLE_EVERY);
-        assert!((c.free_path_s.unwrap() - expected).abs() < 1e-12);
+        assert!(
+            (c.free_path_s.unwrap() - 0.2).abs() < 1e-12,
+            "{:?}",
+            c.free_path_s
+        );
         let info = scrape
             .samples
             .iter()
