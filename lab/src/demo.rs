@@ -60,6 +60,7 @@ pub fn demo(opts: &DemoOptions) -> Result<Experiment> {
         concurrency: opts.concurrency,
         workload: Workload::new(opts.mix.clone(), opts.payload, 1024),
         tls: opts.tls,
+        remote_ca: None,
         loadgen_threads: cpus.loadgen.len(),
         cpus,
         progress: opts.progress,

@@ -29,7 +29,9 @@ pub struct TlsSetup {
 }
 
 impl TlsSetup {
-    pub fn new(mode: TlsMode) -> Result<Self> {
+    /// `remote_ca`: the CA that signed remote servers' certificates (`--ca`); embedded servers
+    /// use the development certificates generated here.
+    pub fn new(mode: TlsMode, remote_ca: Option<&std::path::Path>) -> Result<Self> {
         let dir = tempfile::tempdir().map_err(|e| LabError::Runtime {
             what: "cannot create a temporary directory for the certificates",
             source: Some(e),
@@ -43,7 +45,7 @@ impl TlsSetup {
         let path = mode.resolve(&ktls)?;
         let connector = TlsArgs {
             tls: mode,
-            ca: Some(certs.ca_cert.clone()),
+            ca: Some(remote_ca.map_or_else(|| certs.ca_cert.clone(), |ca| ca.to_owned())),
             client_cert: None,
             client_key: None,
             insecure: false,

@@ -106,6 +106,8 @@ pub struct Plan {
     pub concurrency: usize,
     pub workload: Workload,
     pub tls: TlsMode,
+    /// CA of remote servers' certificates (TLS on, `Target::Remote`).
+    pub remote_ca: Option<std::path::PathBuf>,
     pub cpus: CpuPlan,
     pub loadgen_threads: usize,
     /// One line per trial on stderr.
@@ -216,7 +218,7 @@ fn delta(a: &Reading, b: &Reading) -> ServerDelta {
 pub fn run_plan(plan: &Plan) -> Result<Experiment> {
     plan.check()?;
     let started = Instant::now();
-    let tls = TlsSetup::new(plan.tls)?;
+    let tls = TlsSetup::new(plan.tls, plan.remote_ca.as_deref())?;
     let clocks = ThreadClocks::new();
     let rt = loadgen_runtime(
         plan.loadgen_threads,

@@ -128,6 +128,10 @@ struct ExperimentArgs {
     /// TLS: off (the free path is the larger share without crypto), rustls, ktls, auto.
     #[arg(long, default_value = "off")]
     tls: TlsMode,
+    /// CA certificate (PEM) of the --remote servers, when TLS is on (embedded servers use
+    /// development certificates of their own).
+    #[arg(long, requires = "remotes")]
+    ca: Option<PathBuf>,
     /// CPUs of the servers, e.g. 0-3 (default: half the CPUs on 4 or more, else all, shared).
     #[arg(long, value_parser = cpu_list)]
     server_cpus: Option<CpuList>,
@@ -272,6 +276,7 @@ fn experiment_command(args: ExperimentArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         workload: Workload::new(args.method, args.payload, args.keys),
         tls: args.tls,
+        remote_ca: args.ca,
         loadgen_threads: args.loadgen_threads.unwrap_or(cpus.loadgen.len()).max(1),
         cpus,
         progress: !args.quiet,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use krpc_lab::{
     cpus::{CpuPlan, allowed},
-    engine::{Plan, run_plan, strategies},
+    embedded::{Embedded, ServerSpec, TlsSetup},
+    engine::{Plan, ServerConfig, Target, run_plan, strategies},
     record::{Experiment, Load},
 };
 use krpc_loadgen::workload::{Method, Mix, Workload};
@@ -37,6 +38,7 @@ fn every_trial_is_kept_with_the_servers_own_counters() {
         concurrency: 4,
         workload: Workload::new(Mix::single(Method::Echo), 64, 64),
         tls: TlsMode::Off,
+        remote_ca: None,
         loadgen_threads: 1,
         cpus,
         progress: false,
@@ -104,4 +106,66 @@ fn every_trial_is_kept_with_the_servers_own_counters() {
     let report = krpc_lab::text::report(&exp);
     assert!(report.contains("== closed loop"), "{report}");
     assert!(report.contains("== 400 RPC/s"), "{report}");
+}
+
+#[test]
+fn a_remote_server_is_measured_through_its_own_endpoint_and_not_called_fresh() {
+    // A server this test starts, handed to the engine as if it ran on another host.
+    let tls = TlsSetup::new(TlsMode::Off, None).unwrap();
+    let spec = ServerSpec {
+        strategy: Strategy::PerCore,
+        handoff: Handoff::Owner,
+        defer_max: 64,
+        cores: 2,
+        runtime: RuntimeMode::ThreadPerCore,
+    };
+    let server = Embedded::start(&spec, &tls, &allowed()).unwrap();
+    let remote = |label: &str| ServerConfig {
+        label: label.into(),
+        target: Target::Remote {
+            grpc: server.addr.to_string(),
+            metrics: server.metrics.to_string(),
+        },
+    };
+    let plan = Plan {
+        kind: "experiment",
+        command: "test".into(),
+        // The same server twice under two names: no difference may be claimed between them.
+        configs: vec![remote("a"), remote("b")],
+        baseline: "a".into(),
+        loads: vec![Load { rate: Some(300.0) }],
+        rounds: 2,
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(600),
+        connections: 1,
+        concurrency: 2,
+        workload: Workload::new(Mix::single(Method::Echo), 64, 64),
+        tls: TlsMode::Off,
+        remote_ca: None,
+        loadgen_threads: 1,
+        cpus: CpuPlan::choose(None, None, &allowed()).unwrap(),
+        progress: false,
+    };
+    let exp = run_plan(&plan).unwrap();
+    server.stop().unwrap();
+    assert!(!exp.fresh_servers);
+    assert!(
+        exp.configs
+            .iter()
+            .all(|c| c.remote.is_some() && c.strategy.is_none())
+    );
+    assert_eq!(exp.trials.len(), 4);
+    for t in &exp.trials {
+        // Deltas over the window, not the server's totals since it started.
+        let rpcs = t.server.rpcs;
+        assert!(
+            rpcs > 50.0 && rpcs < 300.0,
+            "{}: {rpcs} RPCs in a 0.5 s window",
+            t.config
+        );
+        assert!(t.server_cpu_s().unwrap() > 0.0);
+        assert_eq!(t.result.server.as_ref().unwrap().strategy, "per-core");
+    }
+    let report = krpc_lab::text::report(&exp);
+    assert!(report.contains("Remote servers: not restarted"), "{report}");
 }
