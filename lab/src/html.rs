@@ -35,7 +35,7 @@ pub fn report(exp: &Experiment) -> Result<String> {
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
          <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:80em}}\
-         table{{border-collapse:collapse;margin:.5em 0}}td,th{{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}}\
+         table{{border-collapse:collapse;margin:.5em 0}}td,th{{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}}\
          td:first-child,th:first-child{{text-align:left}}.note{{color:#555}}.warning{{color:#a00;font-weight:bold}}\
          .better{{color:#080}}.worse{{color:#a00}}.same{{color:#555}}</style></head><body>\n<h1>{title}</h1>\n"
     );

@@ -14,5 +14,6 @@ pub mod record;
 pub mod scrape;
 pub mod stats;
 pub mod summary;
+pub mod table;
 pub mod text;
-mod words;
+pub mod words;

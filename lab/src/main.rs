@@ -33,6 +33,16 @@ enum Command {
     /// fixed rates; every figure a median with its interval, differences against a baseline
     /// claimed only beyond noise. Writes experiment.json (every trial) and report.html.
     Experiment(Box<ExperimentArgs>),
+    /// Several experiments (a sweep) as one markdown table: per regime and load, the baseline
+    /// and one configuration side by side, ratios with intervals, the best configuration.
+    Table {
+        /// experiment.json files.
+        #[arg(required = true)]
+        json: Vec<PathBuf>,
+        /// The configuration set against the baseline ("after").
+        #[arg(long, default_value = "per-core")]
+        after: String,
+    },
     /// Prints the report of an experiment.json again and rewrites its HTML.
     Report {
         /// An experiment.json (or demo.json) written by this tool.
@@ -191,6 +201,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo_command(args),
         Command::Experiment(args) => experiment_command(*args),
         Command::Report { json, html } => report_command(&json, html.as_deref()),
+        Command::Table { json, after } => table_command(&json, &after),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -307,5 +318,23 @@ fn report_command(json: &std::path::Path, html: Option<&std::path::Path>) -> any
         write_html(&exp, html)?;
         eprintln!("wrote {}", html.display());
     }
+    Ok(())
+}
+
+fn table_command(paths: &[PathBuf], after: &str) -> anyhow::Result<()> {
+    let exps: Vec<Experiment> = paths
+        .iter()
+        .map(|p| Experiment::read(p))
+        .collect::<Result<_, _>>()?;
+    if let Some(e) = exps
+        .iter()
+        .find(|e| !e.configs.iter().any(|c| c.label == after))
+    {
+        anyhow::bail!(
+            "--after {after:?} is not a configuration of {:?}",
+            e.command
+        );
+    }
+    print!("{}", krpc_lab::table::markdown(&exps, after));
     Ok(())
 }

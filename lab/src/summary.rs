@@ -377,7 +377,7 @@ fn summarize_load(exp: &Experiment, load: Load) -> LoadSummary {
         words: Vec::new(),
     };
     crate::words::warn(exp, &mut summary, &trials_of);
-    crate::words::conclude(exp, &mut summary, &trials_of);
+    crate::words::conclude(exp, &mut summary);
     summary
 }
 

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Notes about the whole run, before any table: where it ran and how to read the intervals.
-pub(crate) fn header(exp: &Experiment) -> Vec<String> {
+pub fn header(exp: &Experiment) -> Vec<String> {
     let mut notes = vec![format!("CPUs: {}.", exp.cpus.note)];
     if exp.build != "release" {
         notes.push(
@@ -146,11 +146,7 @@ pub(crate) fn warn<'a>(
 }
 
 /// The conclusions about one load.
-pub(crate) fn conclude<'a>(
-    exp: &'a Experiment,
-    summary: &mut LoadSummary,
-    trials_of: &dyn Fn(&str) -> Vec<&'a Trial>,
-) {
+pub(crate) fn conclude(exp: &Experiment, summary: &mut LoadSummary) {
     let load = summary.load;
     let fewest = summary.configs.iter().map(|c| c.rounds).min().unwrap_or(0);
     if fewest < 4 {
@@ -160,7 +156,50 @@ pub(crate) fn conclude<'a>(
              `krpc-lab experiment` runs 6."
         ));
     }
-    for c in summary.configs.iter().filter(|c| c.label != exp.baseline) {
+    // The headline: which of the figures a reader looks at first moved at all.
+    let headline = ["rpc_s", "p50", "p99", "p999", "server_cpu", "free_path"];
+    let others: Vec<&ConfigSummary> = summary
+        .configs
+        .iter()
+        .filter(|c| c.label != exp.baseline)
+        .collect();
+    let mut quiet = Vec::new();
+    let mut moved = Vec::new();
+    for key in headline {
+        let verdicts: Vec<Verdict> = others
+            .iter()
+            .filter_map(|c| c.comparisons.iter().find(|x| x.figure.key == key))
+            .map(|x| x.verdict)
+            .collect();
+        let Some(name) = FIGURES.iter().find(|f| f.key == key).map(|f| f.name) else {
+            continue;
+        };
+        if verdicts.is_empty() {
+            continue;
+        }
+        if verdicts.iter().all(|v| *v == Verdict::NoDifference) {
+            quiet.push(name);
+        } else if verdicts
+            .iter()
+            .any(|v| matches!(v, Verdict::Better | Verdict::Worse))
+        {
+            moved.push(name);
+        }
+    }
+    if !quiet.is_empty() && fewest >= 4 {
+        summary.words.push(format!(
+            "At {load}, no configuration differs from {} beyond noise in {} ({fewest} rounds \
+             each){}.",
+            exp.baseline,
+            quiet.join(", "),
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!("; {} moved, as below", moved.join(", "))
+            }
+        ));
+    }
+    for c in others {
         let mut found = Vec::new();
         let mut same = Vec::new();
         let mut untold = Vec::new();
@@ -201,57 +240,77 @@ pub(crate) fn conclude<'a>(
         ));
     }
     // The question the experiment exists for: is one configuration best, beyond noise?
-    let judged: Vec<&str> = if load.is_closed() {
-        vec!["rpc_s", "p99"]
+    let judged: &[&str] = if load.is_closed() {
+        &["rpc_s", "p99"]
     } else {
-        vec!["p99"]
+        &["p99"]
     };
     for key in judged {
-        let Some(figure) = FIGURES.iter().chain(POOL_FIGURES).find(|f| f.key == key) else {
+        let Some(best) = best_of(exp, load, key) else {
             continue;
         };
-        let values = |label: &str| -> Vec<f64> {
-            trials_of(label)
-                .iter()
-                .filter_map(|t| (figure.value)(t))
-                .collect()
-        };
-        let mut medians: Vec<(&str, f64)> = summary
-            .configs
-            .iter()
-            .filter_map(|c| Some((c.label.as_str(), median(&values(&c.label))?)))
-            .collect();
-        if medians.len() < 2 {
-            continue;
-        }
-        medians.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let best = if figure.better == Better::Higher {
-            medians[medians.len() - 1].0
-        } else {
-            medians[0].0
-        };
-        let not_beaten: Vec<String> = summary
-            .configs
-            .iter()
-            .filter(|c| c.label != best)
-            .filter_map(|c| {
-                let cmp = compare(figure, &values(&c.label), &values(best))?;
-                (cmp.verdict != Verdict::Better)
-                    .then(|| format!("{} ({})", c.label, cmp.describe()))
-            })
-            .collect();
-        summary.words.push(if not_beaten.is_empty() {
+        summary.words.push(if best.not_beaten.is_empty() {
             format!(
-                "{best} has the best {} of the {} at {load}, beyond noise against each.",
-                figure.name,
+                "{} has the best {} of the {} at {load}, beyond noise against each.",
+                best.label,
+                best.figure,
                 summary.configs.len()
             )
         } else {
             format!(
-                "Best median {} at {load}: {best}; not beyond noise against {}.",
-                figure.name,
-                not_beaten.join(", ")
+                "Best median {} at {load}: {}; not beyond noise against {}.",
+                best.figure,
+                best.label,
+                best.not_beaten.join(", ")
             )
         });
     }
+}
+
+/// The configuration with the best median of a figure, and those it does not beat beyond
+/// noise (with the comparison that says so).
+#[derive(Clone, Debug)]
+pub struct Best {
+    pub figure: &'static str,
+    pub label: String,
+    pub not_beaten: Vec<String>,
+}
+
+/// The best configuration at `load` on the figure `key` (`None` with fewer than two).
+pub fn best_of(exp: &Experiment, load: crate::record::Load, key: &str) -> Option<Best> {
+    let figure = FIGURES.iter().chain(POOL_FIGURES).find(|f| f.key == key)?;
+    let values = |label: &str| -> Vec<f64> {
+        exp.trials_of(label, load)
+            .iter()
+            .filter_map(|t| (figure.value)(t))
+            .collect()
+    };
+    let mut medians: Vec<(&str, f64)> = exp
+        .configs
+        .iter()
+        .filter_map(|c| Some((c.label.as_str(), median(&values(&c.label))?)))
+        .collect();
+    if medians.len() < 2 {
+        return None;
+    }
+    medians.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let best = if figure.better == Better::Higher {
+        medians[medians.len() - 1].0
+    } else {
+        medians[0].0
+    };
+    let not_beaten = exp
+        .configs
+        .iter()
+        .filter(|c| c.label != best)
+        .filter_map(|c| {
+            let cmp = compare(figure, &values(&c.label), &values(best))?;
+            (cmp.verdict != Verdict::Better).then(|| format!("{} ({})", c.label, cmp.describe()))
+        })
+        .collect();
+    Some(Best {
+        figure: figure.name,
+        label: best.to_owned(),
+        not_beaten,
+    })
 }
