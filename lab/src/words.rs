@@ -43,9 +43,24 @@ pub fn header(exp: &Experiment) -> Vec<String> {
             ""
         },
     ));
+    let comparisons: usize = crate::summary::summarize(exp)
+        .iter()
+        .flat_map(|l| &l.configs)
+        .map(|c| c.comparisons.len())
+        .sum();
+    if comparisons >= 20 {
+        notes.push(format!(
+            "Each interval is 95% on its own: of the {comparisons} comparisons below, about {} \
+             would leave out \"no difference\" by chance alone. Trust a difference that the pool's \
+             counts explain, or that repeats in another run or regime; not a lone one.",
+            (comparisons as f64 * 0.05).round()
+        ));
+    }
     notes.push(match exp.free_path_source {
         Some(source) => format!(
-            "Free-path share: pool free-path CPU time / server CPU time; from {}.",
+            "Free-path share: pool free-path CPU time / server CPU time; from {}. It leaves out \
+             the C allocator's time when the pool misses or hands a buffer to it: those show as \
+             misses/1k allocs and the to-allocator share.",
             source.describe()
         ),
         None => "Free-path share: the server exports no free-path time.".to_owned(),

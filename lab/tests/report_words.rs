@@ -142,7 +142,10 @@ fn a_real_shift_is_found_with_its_direction_and_size() {
     // The sweep's table: the shift, marked, with its interval; the best, beyond noise.
     let table = krpc_lab::table::markdown(std::slice::from_ref(&exp), "per-core");
     let row = table.lines().nth(2).unwrap();
-    assert!(row.contains("| closed loop | 60.1k → 72.1k, x1.20 ["), "{row}");
+    assert!(
+        row.contains("| closed loop | 60.1k → 72.1k, x1.20 ["),
+        "{row}"
+    );
     assert!(row.contains("] **better** |"), "{row}");
     assert!(row.contains("| **per-core**, beyond noise |"), "{row}");
     // Every ratio printed carries its interval.
