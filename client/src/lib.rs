@@ -5,8 +5,8 @@ use std::{path::PathBuf, time::Duration};
 
 use krpc_proto::v1::bench_client::BenchClient;
 use krpc_transport::{
-    ClientTls, Connector, DevCertPaths, Identity, KtlsSupport, TlsMode, TlsPath, TransportError,
-    Trust,
+    ClientTls, Connector, DevCertPaths, Identity, KtlsOptions, KtlsSupport, TlsMode, TlsPath,
+    TransportError, Trust,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -66,15 +66,27 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// Probes the kernel (when TLS is on), resolves the mode and builds the connector.
     pub fn connector(&self) -> Result<Connector, ClientError> {
+        self.connector_with(&self.probe())
+    }
+
+    /// Like [`Self::connector`], with kTLS connections rekeying after `records` records under
+    /// one key instead of at the cipher's limit (2^24 for AES-GCM): for tests.
+    pub fn connector_rekeying_after(&self, records: Option<u64>) -> Result<Connector, ClientError> {
+        let ktls = self.probe();
+        let options = KtlsOptions::from_probe(&ktls).with_rekey_after(records);
+        Ok(self.connector_with(&ktls)?.with_ktls_options(options))
+    }
+
+    /// The kernel's kTLS support, when the mode depends on it.
+    fn probe(&self) -> KtlsSupport {
         // Only ktls and auto depend on the kernel; a client start need not pay for the probe
         // (three loopback connections) otherwise.
-        let ktls = match self.tls {
+        match self.tls {
             TlsMode::Ktls | TlsMode::Auto => KtlsSupport::probe(),
             TlsMode::Off | TlsMode::Rustls => {
                 KtlsSupport::unavailable(format!("not probed (--tls {})", self.tls))
             }
-        };
-        self.connector_with(&ktls)
+        }
     }
 
     /// Like [`Self::connector`], with a kTLS probe result already in hand.
@@ -106,11 +118,10 @@ impl TlsArgs {
             _ => None,
         };
         let config = ClientTls { trust, identity }.config(path, ktls)?;
-        Ok(Connector::tls(
-            config,
-            path == TlsPath::Ktls,
-            self.server_name.as_deref(),
-        )?)
+        Ok(
+            Connector::tls(config, path == TlsPath::Ktls, self.server_name.as_deref())?
+                .with_ktls_options(KtlsOptions::from_probe(ktls)),
+        )
     }
 }
 

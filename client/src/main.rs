@@ -1,6 +1,9 @@
 //! `krpc`: one-off calls to a krpc-server (echo, put, get, info).
 
-use std::{process::ExitCode, time::Instant};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -9,6 +12,7 @@ use krpc_client::{
     TlsArgs,
     v1::{EchoRequest, GetRequest, InfoRequest, PutRequest, TlsMode},
 };
+use krpc_transport::{BadRecord, TestHooks, TlsPath, ktls_counters, tls_records_written};
 
 /// Call a krpc-server.
 #[derive(Debug, Parser)]
@@ -19,6 +23,17 @@ struct Cli {
     addr: String,
     #[command(flatten)]
     tls: TlsArgs,
+    /// kTLS: send a KeyUpdate once this many records went out under one key (default: the
+    /// cipher's limit, 2^24 records for AES-GCM). Lower it to see rekeys in a test; at least 16.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(16..))]
+    ktls_rekey_after: Option<u64>,
+    /// Test hook, --tls rustls: send a TLS 1.3 KeyUpdate (update_requested) after every N writes.
+    #[arg(long, global = true, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    rustls_key_update_every: Option<u64>,
+    /// Test hook, --tls ktls: send this record right after the handshake: ccs, long-alert,
+    /// unknown-type, client-hello or bad-key-update.
+    #[arg(long, global = true, hide = true)]
+    inject_record: Option<BadRecord>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,7 +95,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let connector = cli.tls.connector()?;
+    let connector = cli
+        .tls
+        .connector_rekeying_after(cli.ktls_rekey_after)?
+        .with_test_hooks(TestHooks {
+            rustls_key_update_every: cli.rustls_key_update_every,
+            inject_after_handshake: cli.inject_record,
+        });
+    let path = connector.path();
     let mut client = krpc_client::connect(&cli.addr, connector).await?;
     match cli.command {
         Command::Echo {
@@ -128,6 +150,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{repeat} Echo RPCs, every reply identical to its payload, {secs:.2} s ({:.0} RPC/s)",
                 repeat as f64 / secs
             );
+            if path != TlsPath::Off {
+                let records = records_once_closed(path, client).await;
+                println!(
+                    "tls records written: {records} ({:.2} per RPC)",
+                    records as f64 / repeat as f64
+                );
+            }
+            if path == TlsPath::Ktls {
+                println!("ktls: {}", ktls_counters().describe());
+            }
         }
         Command::Put { key, value } => {
             let reply = client
@@ -175,12 +207,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("ktls:            {}", if info.ktls { "on" } else { "off" });
             if info.ktls_available {
                 println!("ktls available:  yes");
+                println!(
+                    "ktls rekey:      {}",
+                    if info.ktls_rekey {
+                        "yes (TLS 1.3 KeyUpdate)"
+                    } else {
+                        "no (kernel before 6.14: a KeyUpdate closes the connection)"
+                    }
+                );
             } else {
                 println!("ktls available:  no ({})", info.ktls_unavailable_reason);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The records this process's connection wrote, once it has closed (a connection adds its
+/// count when its stream is dropped, which the channel's tasks do shortly after the last client
+/// handle goes). Waits a second at most.
+async fn records_once_closed(
+    path: TlsPath,
+    client: krpc_client::v1::bench_client::BenchClient<tonic::transport::Channel>,
+) -> u64 {
+    drop(client);
+    for _ in 0..100 {
+        let n = tls_records_written(path);
+        if n > 0 {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tls_records_written(path)
 }
 
 fn or_dash(s: &str) -> &str {

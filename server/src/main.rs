@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
 use krpc_transport::{
-    Acceptor, DevCertPaths, DevCerts, Identity, KtlsSupport, ServerTls, TlsMode, TlsPath,
-    read_ca_file,
+    Acceptor, DevCertPaths, DevCerts, Identity, KtlsOptions, KtlsSupport, ServerTls, TlsMode,
+    TlsPath, read_ca_file,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -75,6 +75,10 @@ struct ServeArgs {
     /// Number of cores to serve on (default: all available).
     #[arg(long)]
     cores: Option<usize>,
+    /// kTLS: send a KeyUpdate once this many records went out under one key (default: the
+    /// cipher's limit, 2^24 records for AES-GCM). Lower it to see rekeys in a test; at least 16.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(16..))]
+    ktls_rekey_after: Option<u64>,
     /// Cut off clients that have not finished the TLS handshake in this time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
@@ -201,8 +205,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 client_ca,
             }
             .config(path, &ktls)?;
+            let options = KtlsOptions::from_probe(&ktls).with_rekey_after(args.ktls_rekey_after);
             (
-                Acceptor::tls(config, path == TlsPath::Ktls, args.handshake_timeout),
+                Acceptor::tls(config, path == TlsPath::Ktls, args.handshake_timeout)
+                    .with_ktls_options(options),
                 ca_hint,
             )
         }

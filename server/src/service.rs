@@ -124,6 +124,7 @@ impl Bench for BenchService {
             cipher: conn.and_then(|c| c.cipher).unwrap_or_default().to_owned(),
             ktls: tls == TlsPath::Ktls,
             ktls_available: info.ktls.is_available(),
+            ktls_rekey: info.ktls.can_rekey(),
             ktls_unavailable_reason: info
                 .ktls
                 .unavailable_reason()

@@ -3,7 +3,6 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use ktls::CorkStream;
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -11,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     TlsPath,
     io::{Conn, ConnInfo, Io},
+    ktls::{self, KtlsError, KtlsOptions, UpgradeError},
 };
 
 /// Turns accepted TCP streams into [`Conn`]s. Cheap to clone.
@@ -24,7 +24,7 @@ pub struct Acceptor {
 enum Kind {
     Plain,
     Rustls(TlsAcceptor),
-    Ktls(TlsAcceptor),
+    Ktls(Arc<ServerConfig>, KtlsOptions),
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -47,7 +47,7 @@ pub enum HandshakeFailure {
     Tls(#[source] io::Error),
     /// The handshake succeeded but the kernel refused the session keys; the stream is lost.
     #[error("moving the session into the kernel (kTLS) failed")]
-    Ktls(#[source] ktls::Error),
+    Ktls(#[source] KtlsError),
     /// The socket failed before TLS started.
     #[error("socket error")]
     Io(#[source] io::Error),
@@ -86,22 +86,30 @@ impl Acceptor {
     /// TLS with `config`; with `ktls`, the session moves into the kernel after the handshake
     /// (the config must then come from [`crate::ServerTls::config`] for [`TlsPath::Ktls`]).
     pub fn tls(config: Arc<ServerConfig>, ktls: bool, handshake_timeout: Duration) -> Self {
-        let acceptor = TlsAcceptor::from(config);
         Self {
             kind: if ktls {
-                Kind::Ktls(acceptor)
+                Kind::Ktls(config, KtlsOptions::default())
             } else {
-                Kind::Rustls(acceptor)
+                Kind::Rustls(TlsAcceptor::from(config))
             },
             handshake_timeout,
         }
+    }
+
+    /// How kTLS connections manage their keys (rekey limit, whether the kernel can rekey).
+    /// No effect on the other paths.
+    pub fn with_ktls_options(mut self, options: KtlsOptions) -> Self {
+        if let Kind::Ktls(_, o) = &mut self.kind {
+            *o = options;
+        }
+        self
     }
 
     pub fn path(&self) -> TlsPath {
         match self.kind {
             Kind::Plain => TlsPath::Off,
             Kind::Rustls(_) => TlsPath::Rustls,
-            Kind::Ktls(_) => TlsPath::Ktls,
+            Kind::Ktls(..) => TlsPath::Ktls,
         }
     }
 
@@ -123,18 +131,23 @@ impl Acceptor {
                     .map_err(|e| fail(HandshakeFailure::Io(e)))?;
                 Ok(Conn::new(Io::Server(Box::new(stream)), info))
             }
-            Kind::Ktls(tls) => {
-                let stream = self
-                    .deadline(tls.accept(CorkStream::new(tcp)))
+            Kind::Ktls(config, options) => {
+                // The deadline covers the handshake; moving the keys into the kernel after it
+                // is three setsockopt calls.
+                let upgrade = ktls::accept(tcp, peer, config.clone(), *options);
+                let (stream, info) = match tokio::time::timeout(self.handshake_timeout, upgrade)
                     .await
-                    .map_err(fail)?;
-                let (cork, conn) = stream.get_ref();
-                let info = ConnInfo::from_rustls(&cork.io, TlsPath::Ktls, conn)
-                    .map_err(|e| fail(HandshakeFailure::Io(e)))?;
-                let ktls = ktls::config_ktls_server(stream)
-                    .await
-                    .map_err(|e| fail(HandshakeFailure::Ktls(e)))?;
-                Ok(Conn::new(Io::Ktls(ktls), info))
+                {
+                    Err(_) => return Err(fail(HandshakeFailure::Timeout(self.handshake_timeout))),
+                    Ok(Err(UpgradeError::Handshake(e))) => {
+                        return Err(fail(HandshakeFailure::Tls(e.into())));
+                    }
+                    Ok(Err(UpgradeError::Kernel(e))) => {
+                        return Err(fail(HandshakeFailure::Ktls(e)));
+                    }
+                    Ok(Ok(done)) => done,
+                };
+                Ok(Conn::new(Io::Ktls(Box::new(stream)), info))
             }
         }
     }

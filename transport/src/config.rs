@@ -96,9 +96,9 @@ impl ServerTls {
         let mut config = builder.with_single_cert(self.identity.chain, self.identity.key)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         if path == TlsPath::Ktls {
+            // rustls hands the session to `rustls::kernel` only with extraction enabled. Tickets
+            // stay on (rustls' default, 2): a kTLS client passes them back to rustls.
             config.enable_secret_extraction = true;
-            // The ktls crate drops NewSessionTicket messages, so resumption could never work.
-            config.send_tls13_tickets = 0;
         }
         Ok(Arc::new(config))
     }

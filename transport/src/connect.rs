@@ -6,12 +6,14 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
 use hyper_util::rt::TokioIo;
-use ktls::CorkStream;
 use rustls::{ClientConfig, pki_types::ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -20,6 +22,7 @@ use tonic::codegen::http::Uri;
 use crate::{
     TlsPath, TransportError,
     io::{Conn, ConnInfo, Io},
+    ktls::{self, BadRecord, KtlsError, KtlsOptions, UpgradeError},
 };
 
 /// Why a connection could not be established.
@@ -47,7 +50,25 @@ pub enum ConnectError {
     },
     /// The handshake succeeded but the kernel refused the session keys.
     #[error("moving the session into the kernel (kTLS) failed")]
-    Ktls(#[source] ktls::Error),
+    Ktls(#[source] KtlsError),
+    /// A test hook could not send its record.
+    #[error("test hook: sending the {what} record failed")]
+    TestHook {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a test client does that a well-behaved one does not. Never set in normal use; the
+/// `krpc` CLI exposes them as hidden flags for the kTLS VM tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestHooks {
+    /// rustls path: send a KeyUpdate (update_requested) after every this many writes.
+    pub rustls_key_update_every: Option<u64>,
+    /// kTLS path: send this record right after the handshake, before HTTP/2 starts, on the
+    /// connector's first connection only.
+    pub inject_after_handshake: Option<BadRecord>,
 }
 
 /// Dials connections for a tonic channel. Cheap to clone.
@@ -56,13 +77,16 @@ pub struct Connector {
     kind: Kind,
     /// Overrides the URI's host as the name the server certificate must carry.
     server_name: Option<ServerName<'static>>,
+    hooks: TestHooks,
+    /// Shared by clones: the first connection has sent `hooks.inject_after_handshake`.
+    injected: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
 enum Kind {
     Plain,
     Rustls(TlsConnector),
-    Ktls(TlsConnector),
+    Ktls(Arc<ClientConfig>, KtlsOptions),
 }
 
 impl std::fmt::Debug for Connector {
@@ -80,6 +104,8 @@ impl Connector {
         Self {
             kind: Kind::Plain,
             server_name: None,
+            hooks: TestHooks::default(),
+            injected: Arc::default(),
         }
     }
 
@@ -97,22 +123,38 @@ impl Connector {
                 })
             })
             .transpose()?;
-        let connector = TlsConnector::from(config);
         Ok(Self {
             kind: if ktls {
-                Kind::Ktls(connector)
+                Kind::Ktls(config, KtlsOptions::default())
             } else {
-                Kind::Rustls(connector)
+                Kind::Rustls(TlsConnector::from(config))
             },
             server_name,
+            hooks: TestHooks::default(),
+            injected: Arc::default(),
         })
+    }
+
+    /// How kTLS connections manage their keys (rekey limit, whether the kernel can rekey).
+    /// No effect on the other paths.
+    pub fn with_ktls_options(mut self, options: KtlsOptions) -> Self {
+        if let Kind::Ktls(_, o) = &mut self.kind {
+            *o = options;
+        }
+        self
+    }
+
+    /// Test hooks (see [`TestHooks`]).
+    pub fn with_test_hooks(mut self, hooks: TestHooks) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     pub fn path(&self) -> TlsPath {
         match self.kind {
             Kind::Plain => TlsPath::Off,
             Kind::Rustls(_) => TlsPath::Rustls,
-            Kind::Ktls(_) => TlsPath::Ktls,
+            Kind::Ktls(..) => TlsPath::Ktls,
         }
     }
 
@@ -151,20 +193,29 @@ impl Connector {
                 let (tcp, conn) = stream.get_ref();
                 let info =
                     ConnInfo::from_rustls(tcp, TlsPath::Rustls, conn).map_err(connect_err)?;
-                Ok(Conn::new(Io::Client(Box::new(stream)), info))
+                Ok(Conn::new(Io::Client(Box::new(stream)), info)
+                    .key_update_every(self.hooks.rustls_key_update_every))
             }
-            (Kind::Ktls(tls), Some(name)) => {
-                let stream = tls
-                    .connect(name, CorkStream::new(tcp))
-                    .await
-                    .map_err(handshake_err)?;
-                let (cork, conn) = stream.get_ref();
-                let info =
-                    ConnInfo::from_rustls(&cork.io, TlsPath::Ktls, conn).map_err(connect_err)?;
-                let ktls = ktls::config_ktls_client(stream)
-                    .await
-                    .map_err(ConnectError::Ktls)?;
-                Ok(Conn::new(Io::Ktls(ktls), info))
+            (Kind::Ktls(config, options), Some(name)) => {
+                let (stream, info) = match ktls::connect(tcp, name, config.clone(), *options).await
+                {
+                    Ok(done) => done,
+                    Err(UpgradeError::Handshake(e)) => return Err(handshake_err(e.into())),
+                    Err(UpgradeError::Kernel(e)) => return Err(ConnectError::Ktls(e)),
+                };
+                let mut conn = Conn::new(Io::Ktls(Box::new(stream)), info);
+                if let (Some(bad), Some(k)) = (self.hooks.inject_after_handshake, conn.ktls_mut())
+                    && !self.injected.swap(true, Ordering::Relaxed)
+                {
+                    let (typ, payload) = bad.record();
+                    k.send_record(typ, payload)
+                        .await
+                        .map_err(|source| ConnectError::TestHook {
+                            what: bad.as_str(),
+                            source,
+                        })?;
+                }
+                Ok(conn)
             }
             _ => {
                 let info = ConnInfo::plaintext(&tcp).map_err(connect_err)?;

@@ -1,6 +1,7 @@
-//! TLS for krpc: rustls configurations (TLS 1.3, ALPN `h2`), the kernel TLS probe, the upgrade of
-//! a handshaken stream to kTLS, and [`Conn`], the one stream type that tonic serves and dials over
-//! plaintext, rustls or kTLS. This is the only crate that touches socket options and TLS.
+//! TLS for krpc: rustls configurations (TLS 1.3, ALPN `h2`), the kernel TLS probe, kTLS on
+//! `rustls::kernel` (KeyUpdates both ways, rekeys before the cipher's limit), and [`Conn`], the
+//! one stream type that tonic serves and dials over plaintext, rustls or kTLS. This is the only
+//! crate that touches socket options and TLS.
 
 mod accept;
 mod certs;
@@ -8,6 +9,7 @@ mod config;
 mod connect;
 mod error;
 mod io;
+mod ktls;
 mod mode;
 mod nic;
 mod probe;
@@ -15,9 +17,13 @@ mod probe;
 pub use accept::{Acceptor, HandshakeError, HandshakeFailure};
 pub use certs::{DevCertPaths, DevCerts};
 pub use config::{ClientTls, Identity, ServerTls, Trust, read_ca_file};
-pub use connect::{ConnectError, Connector};
+pub use connect::{ConnectError, Connector, TestHooks};
 pub use error::TransportError;
-pub use io::{Conn, ConnInfo};
+pub use io::{Conn, ConnInfo, tls_records_written};
+pub use ktls::{
+    BadRecord, KtlsClosed, KtlsCounters, KtlsError, KtlsOptions, RecordErrorKind, RekeyDirection,
+    RekeyInitiator, ktls_counters,
+};
 pub use mode::{TlsMode, TlsPath};
 pub use nic::{NicTlsOffload, nic_tls_offload};
 pub use probe::KtlsSupport;

@@ -1,6 +1,10 @@
 //! The kernel TLS probe. It runs before any handshake: once rustls secrets are handed to a kernel
 //! that refuses them, the connection is lost, so we ask the kernel first on a throwaway loopback
-//! connection (TCP_ULP "tls", then TLS_TX with a zero key for each TLS 1.3 cipher).
+//! connection (TCP_ULP "tls", then TLS_TX with a zero key for each TLS 1.3 cipher). It also asks
+//! whether the kernel can rekey (TLS 1.3 KeyUpdate, Linux >= 6.14): a second TLS_TX on the
+//! first socket that took one, which older kernels refuse with EBUSY. (Rekeying is one kernel
+//! feature for both directions; the probe never sets TLS_RX, so the kernel's receive counters,
+//! `TlsRxSw` and `TlsRxRekeyOk`, only ever count real connections.)
 
 use std::{
     io,
@@ -22,6 +26,8 @@ pub struct KtlsSupport {
     aes_128_gcm: bool,
     aes_256_gcm: bool,
     chacha20_poly1305: bool,
+    /// A second TLS_TX (a rekey) was accepted.
+    rekey: bool,
     /// Why kTLS cannot be used, when it cannot.
     unavailable: Option<String>,
 }
@@ -49,12 +55,20 @@ impl KtlsSupport {
             aes_128_gcm: false,
             aes_256_gcm: false,
             chacha20_poly1305: false,
+            rekey: false,
             unavailable: Some(reason.into()),
         }
     }
 
     pub fn is_available(&self) -> bool {
         self.unavailable.is_none()
+    }
+
+    /// Whether the kernel takes new keys on a live kTLS socket, as a TLS 1.3 KeyUpdate needs
+    /// (Linux >= 6.14). Without it a peer's KeyUpdate closes the connection, and so does our
+    /// own rekey limit.
+    pub fn can_rekey(&self) -> bool {
+        self.is_available() && self.rekey
     }
 
     /// Why kTLS is unusable (`None` when it is usable).
@@ -85,7 +99,15 @@ impl KtlsSupport {
         if names.is_empty() {
             "no TLS 1.3 cipher".to_owned()
         } else {
-            format!("TLS 1.3 {}", names.join(", "))
+            format!(
+                "TLS 1.3 {}; rekey (KeyUpdate): {}",
+                names.join(", "),
+                if self.rekey {
+                    "yes"
+                } else {
+                    "no, this kernel takes one key per direction (rekey needs Linux 6.14 or later)"
+                }
+            )
         }
     }
 
@@ -95,6 +117,7 @@ impl KtlsSupport {
             aes_128_gcm: true,
             aes_256_gcm: true,
             chacha20_poly1305: true,
+            rekey: true,
             unavailable: None,
         }
     }
@@ -110,8 +133,12 @@ fn probe_kernel() -> Result<KtlsSupport, String> {
         Cipher::Aes256Gcm,
         Cipher::Chacha20Poly1305,
     ] {
-        let ok = match probe_cipher(&listener, cipher)? {
-            Ok(()) => true,
+        let first = !(support.aes_128_gcm || support.aes_256_gcm || support.chacha20_poly1305);
+        let ok = match probe_cipher(&listener, cipher, first)? {
+            Ok(rekey) => {
+                support.rekey |= rekey;
+                true
+            }
             Err(e) => {
                 last_refusal = Some(e);
                 false
@@ -135,7 +162,12 @@ fn probe_kernel() -> Result<KtlsSupport, String> {
 }
 
 /// Outer error: the kernel has no usable TLS ULP at all. Inner error: this cipher is refused.
-fn probe_cipher(listener: &TcpListener, cipher: Cipher) -> Result<Result<(), Errno>, String> {
+/// Inner `Ok`: with `check_rekey`, whether the kernel also took a second key (a rekey).
+fn probe_cipher(
+    listener: &TcpListener,
+    cipher: Cipher,
+    check_rekey: bool,
+) -> Result<Result<bool, Errno>, String> {
     let addr = listener
         .local_addr()
         .map_err(|e| format!("probe socket has no address: {e}"))?;
@@ -146,7 +178,15 @@ fn probe_cipher(listener: &TcpListener, cipher: Cipher) -> Result<Result<(), Err
         .accept()
         .map_err(|e| format!("probe could not accept on loopback: {e}"))?;
     setsockopt(&stream, TcpUlp::default(), b"tls").map_err(|e| ulp_refused(e.into()))?;
-    Ok(setsockopt(&stream, TcpTlsTx, &crypto_info(cipher)))
+    let info = crypto_info(cipher);
+    if let Err(e) = setsockopt(&stream, TcpTlsTx, &info) {
+        return Ok(Err(e));
+    }
+    // Nothing is ever sent on this socket, so setting the key again is harmless; a kernel before
+    // 6.14 answers EBUSY. Once per probe: it counts in the kernel's TlsTxRekeyOk.
+    Ok(Ok(
+        check_rekey && setsockopt(&stream, TcpTlsTx, &info).is_ok()
+    ))
 }
 
 fn ulp_refused(e: io::Error) -> String {

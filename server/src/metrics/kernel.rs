@@ -1,9 +1,14 @@
-//! kTLS as the kernel and the NICs see it: whether kTLS is available, the NICs' TLS offload
-//! features, and the kernel's own `/proc/net/tls_stat` counters, read at each scrape.
+//! kTLS as the kernel and the NICs see it: whether kTLS is available and can rekey, the NICs'
+//! TLS offload features, the kernel's own `/proc/net/tls_stat` counters, and what krpc's kTLS
+//! connections did (rekeys, connections closed by a record, records written), read at each
+//! scrape.
 
 use std::fmt;
 
-use krpc_transport::{KtlsSupport, NicTlsOffload};
+use krpc_transport::{
+    KtlsCounters, KtlsSupport, NicTlsOffload, RecordErrorKind, RekeyDirection, RekeyInitiator,
+    TlsPath,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -19,6 +24,10 @@ pub(super) struct KtlsCollector {
     pub(super) tls_stat: std::path::PathBuf,
     /// The NICs' TLS offload features (ethtool), read at each scrape.
     pub(super) nics: fn() -> Vec<NicTlsOffload>,
+    /// This process's kTLS rekeys and record errors (`krpc_transport::ktls_counters`).
+    pub(super) counters: fn() -> KtlsCounters,
+    /// TLS records written by closed connections (`krpc_transport::tls_records_written`).
+    pub(super) records: fn(TlsPath) -> u64,
 }
 
 impl Collector for KtlsCollector {
@@ -34,6 +43,14 @@ impl Collector for KtlsCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        let rekey = ConstGauge::new(i64::from(available && self.support.can_rekey()));
+        rekey.encode(encoder.encode_descriptor(
+            "ktls_rekey_supported",
+            "1 when the kernel takes new kTLS keys on a live socket (TLS 1.3 KeyUpdate, Linux >= 6.14), else 0",
+            None,
+            rekey.metric_type(),
+        )?)?;
+        self.encode_connection_counters(&mut encoder)?;
         let nics = (self.nics)();
         for (name, help, field) in [
             (
@@ -93,6 +110,50 @@ impl Collector for KtlsCollector {
     }
 }
 
+impl KtlsCollector {
+    /// What krpc's own connections did: rekeys, closes for a record, records written.
+    fn encode_connection_counters(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let counters = (self.counters)();
+        let mut family = encoder.encode_descriptor(
+            "ktls_rekeys",
+            "kTLS key changes: direction tx (we sent a KeyUpdate, new TLS_TX key) or rx (the peer did, new TLS_RX key); initiator self (our record limit) or peer",
+            None,
+            MetricType::Counter,
+        )?;
+        for direction in RekeyDirection::ALL {
+            for initiator in RekeyInitiator::ALL {
+                ConstCounter::new(counters.rekeys(direction, initiator)).encode(
+                    family.encode_family(&[
+                        ("direction", direction.as_str()),
+                        ("initiator", initiator.as_str()),
+                    ])?,
+                )?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "ktls_record_errors",
+            "kTLS connections closed because of a record the peer sent or the kernel refused, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in RecordErrorKind::ALL {
+            ConstCounter::new(counters.record_errors(kind))
+                .encode(family.encode_family(&[("reason", kind.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "tls_records_written",
+            "TLS records written by connections that have closed (ceil(bytes / 16 KiB) per write, plus kTLS control records), by TLS path",
+            None,
+            MetricType::Counter,
+        )?;
+        for path in [TlsPath::Rustls, TlsPath::Ktls] {
+            ConstCounter::new((self.records)(path))
+                .encode(family.encode_family(&[("tls", path.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// `/proc/net/tls_stat`: one `Name<whitespace>value` per line. Lines that do not parse are
 /// skipped (a kernel adding a field must not break the scrape).
 pub(super) fn parse_tls_stat(text: &str) -> Vec<(&str, u64)> {
@@ -135,8 +196,11 @@ mod tests {
             support: KtlsSupport::probe(),
             tls_stat: "/nonexistent/tls_stat".into(),
             nics: Vec::new,
+            counters: KtlsCounters::default,
+            records: |_| 0,
         });
         assert!(text.contains("krpc_ktls_available 0\n"), "{text}");
+        assert!(text.contains("krpc_ktls_rekey_supported 0\n"), "{text}");
         assert!(!text.contains("krpc_kernel_tls"), "{text}");
         assert!(!text.contains("device_offload"), "{text}");
     }
@@ -148,7 +212,8 @@ mod tests {
         let file = dir.join("tls_stat");
         std::fs::write(
             &file,
-            "TlsCurrTxSw 2\nTlsCurrRxSw 1\nTlsCurrTxDevice 0\nTlsTxSw 17\nTlsDecryptError 3\n",
+            "TlsCurrTxSw 2\nTlsCurrRxSw 1\nTlsCurrTxDevice 0\nTlsTxSw 17\nTlsDecryptError 3\n\
+             TlsRxRekeyOk 4\nTlsTxRekeyOk 5\nTlsRxRekeyReceived 4\n",
         )
         .unwrap();
         let text = encode(KtlsCollector {
@@ -163,6 +228,8 @@ mod tests {
                     rx_active: false,
                 }]
             },
+            counters: KtlsCounters::default,
+            records: |_| 0,
         });
         std::fs::remove_dir_all(&dir).unwrap();
         // The probe said no: not available, whatever the file says.
@@ -183,6 +250,15 @@ mod tests {
             text.contains("krpc_kernel_tls_events_total{stat=\"TlsDecryptError\"} 3\n"),
             "{text}"
         );
+        // The kernel's rekey counters (Linux >= 6.14) go through like every other.
+        assert!(
+            text.contains("krpc_kernel_tls_events_total{stat=\"TlsRxRekeyOk\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("krpc_kernel_tls_events_total{stat=\"TlsTxRekeyOk\"} 5\n"),
+            "{text}"
+        );
         assert!(
             text.contains("krpc_nic_tls_offload_available{iface=\"eth9\",direction=\"tx\"} 1\n"),
             "{text}"
@@ -191,5 +267,40 @@ mod tests {
             text.contains("krpc_nic_tls_offload_active{iface=\"eth9\",direction=\"tx\"} 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn krpc_ktls_counters_are_exported_with_every_label() {
+        let text = encode(KtlsCollector {
+            support: KtlsSupport::unavailable("test"),
+            tls_stat: "/nonexistent/tls_stat".into(),
+            nics: Vec::new,
+            counters: || {
+                KtlsCounters::default()
+                    .with_rekeys(RekeyDirection::Rx, RekeyInitiator::Peer, 7)
+                    .with_rekeys(RekeyDirection::Tx, RekeyInitiator::Local, 2)
+                    .with_record_errors(RecordErrorKind::RekeyUnsupported, 1)
+            },
+            records: |path| match path {
+                TlsPath::Ktls => 1234,
+                _ => 99,
+            },
+        });
+        for line in [
+            "krpc_ktls_rekeys_total{direction=\"rx\",initiator=\"peer\"} 7\n",
+            "krpc_ktls_rekeys_total{direction=\"tx\",initiator=\"self\"} 2\n",
+            "krpc_ktls_rekeys_total{direction=\"tx\",initiator=\"peer\"} 0\n",
+            "krpc_ktls_record_errors_total{reason=\"rekey_unsupported\"} 1\n",
+            "krpc_ktls_record_errors_total{reason=\"unexpected_ccs\"} 0\n",
+            "krpc_tls_records_written_total{tls=\"ktls\"} 1234\n",
+            "krpc_tls_records_written_total{tls=\"rustls\"} 99\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        let reasons = text
+            .lines()
+            .filter(|l| l.starts_with("krpc_ktls_record_errors_total{"))
+            .count();
+        assert_eq!(reasons, RecordErrorKind::ALL.len(), "{text}");
     }
 }

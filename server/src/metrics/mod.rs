@@ -132,6 +132,8 @@ impl Metrics {
             support: info.ktls.clone(),
             tls_stat: kernel::TLS_STAT.into(),
             nics: krpc_transport::nic_tls_offload,
+            counters: krpc_transport::ktls_counters,
+            records: krpc_transport::tls_records_written,
         }));
         let cpu = ThreadClocks::new();
         registry.register_collector(Box::new(cpu::CpuCollector {
