@@ -377,8 +377,8 @@ fn interval_chart(exp: &Experiment, s: &LoadSummary, index: usize, figure: &Figu
     svg
 }
 
-/// Whether a figure gets an interval chart (p50 and errors are in the table only; the load
-/// generator's CPU is about the generator, not the configurations).
+/// Whether a figure gets an interval chart (p50, errors and the busiest core are in the table
+/// only; the load generator's CPU is about the generator, not the configurations).
 pub fn charted(key: &str) -> bool {
-    !matches!(key, "errors" | "p50" | "loadgen_cpu")
+    !matches!(key, "errors" | "p50" | "loadgen_cpu" | "busiest_core")
 }

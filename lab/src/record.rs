@@ -140,6 +140,14 @@ impl Trial {
         (cpu > 0.0).then_some(self.server.free_path_s? / cpu)
     }
 
+    /// The busiest core's share of the server's CPU (0.5 is an even split over two cores):
+    /// how evenly the connections landed on the cores.
+    pub fn busiest_core_share(&self) -> Option<f64> {
+        let total = self.server_cpu_s()?;
+        let max = self.server.cpu_s.values().copied().fold(0.0, f64::max);
+        (total > 0.0).then_some(max / total)
+    }
+
     /// Cores' worth of CPU the server used (CPU seconds per second).
     pub fn server_busy_cores(&self) -> Option<f64> {
         (self.server.window_s > 0.0).then_some(self.server_cpu_s()? / self.server.window_s)

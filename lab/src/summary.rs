@@ -134,6 +134,14 @@ pub const FIGURES: &[Figure] = &[
         unit: Unit::Percent,
     },
     Figure {
+        key: "busiest_core",
+        name: "busiest core",
+        better: Better::Neither,
+        compare: Compare::No,
+        value: Trial::busiest_core_share,
+        unit: Unit::Percent,
+    },
+    Figure {
         key: "loadgen_cpu",
         name: "loadgen CPU/RPC",
         better: Better::Neither,

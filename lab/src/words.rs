@@ -67,7 +67,8 @@ pub fn header(exp: &Experiment) -> Vec<String> {
     });
     notes.push(
         "Server CPU/RPC: the server's runtime threads' own CPU clocks \
-         (krpc_server_cpu_seconds_total) over the RPCs it finished in the same window."
+         (krpc_server_cpu_seconds_total) over the RPCs it finished in the same window; busiest \
+         core: the largest one core's share of that CPU (how evenly connections landed)."
             .to_owned(),
     );
     notes
