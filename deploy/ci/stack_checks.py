@@ -343,7 +343,7 @@ def wait_targets(url, config_path, seconds):
 
 
 def dashboard_queries(path):
-    """The dashboard test's list (loadgen/tests/dashboard.rs): every target expression of every
+    """The dashboard test's list (lab/tests/dashboard.rs): every target expression of every
     panel, with Grafana's $__rate_interval fixed (30 s: six 5 s scrapes)."""
     with open(path) as f:
         board = json.load(f)

@@ -16,7 +16,6 @@ mod store;
 pub use handoff::Handoff;
 pub use krpc_pool::Strategy;
 pub use listen::bind;
-pub use metrics::{latency_histogram, serve_prometheus};
 pub use rpc_layer::ConnCtx;
 pub use runtime::{RuntimeMode, Server, ServerError, ServerInfo};
 pub use service::BenchService;

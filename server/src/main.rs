@@ -110,7 +110,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return krpc_client::usage_error("krpc-server", e),
+        Err(e) => return krpc_telemetry::usage_error("krpc-server", e),
     };
     let result = match cli.command {
         Some(Command::GenCerts { out, names }) => gen_certs(&out, &names),
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "krpc-server: error: {}",
-                krpc_client::error_chain(e.as_ref())
+                krpc_telemetry::error_chain(e.as_ref())
             );
             ExitCode::FAILURE
         }
