@@ -51,7 +51,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return krpc_client::usage_error("krpc", e),
+        Err(e) => return krpc_telemetry::usage_error("krpc", e),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("krpc: error: {}", krpc_client::error_chain(e.as_ref()));
+            eprintln!("krpc: error: {}", krpc_telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

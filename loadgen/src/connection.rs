@@ -10,6 +10,7 @@ use std::{
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use hdrhistogram::Histogram;
 use krpc_proto::v1::{EchoRequest, EchoResponse, GetRequest, GetResponse, PutRequest, PutResponse};
+use krpc_telemetry::code_name;
 use rand::{SeedableRng, rngs::SmallRng};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
@@ -18,7 +19,6 @@ use crate::{
     conn::GrpcConn,
     metrics::LoadgenMetrics,
     result::new_histogram,
-    run::code_name,
     workload::{Method, Workload},
 };
 

@@ -3,7 +3,7 @@
 
 use std::{io, path::PathBuf};
 
-/// Why a run, a report, a merge or the demo failed.
+/// Why a run, a report or a merge failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
     /// A setting out of range; the message names the flag.
@@ -25,12 +25,6 @@ pub enum LoadgenError {
     /// Client TLS settings (CA, certificates, kTLS) could not be built.
     #[error(transparent)]
     ClientTls(#[from] krpc_client::ClientError),
-    /// TLS settings of the demo's embedded servers could not be built.
-    #[error(transparent)]
-    Transport(#[from] krpc_transport::TransportError),
-    /// The demo's embedded server failed.
-    #[error("the embedded server failed")]
-    Server(#[source] krpc_server::ServerError),
     /// A thread or runtime could not start, or a task panicked.
     #[error("{what}")]
     Runtime {

@@ -1,10 +1,10 @@
 //! krpc-loadgen: open-loop, coordinated-omission-corrected gRPC load against krpc, recorded in
-//! HdrHistograms; results as JSON and interval logs; reports that put runs side by side; the
-//! demo that compares the four free strategies.
+//! HdrHistograms; results as JSON and interval logs; reports that put runs side by side. A pure
+//! load generator: it knows the server only through the wire (the demo and the experiment, which
+//! embed servers, are in krpc-lab).
 
 mod conn;
 mod connection;
-pub mod demo;
 pub mod error;
 pub mod interval;
 pub mod merge;

@@ -1,4 +1,4 @@
-//! `krpc-loadgen`: run load, compare runs, merge runs, and the demo.
+//! `krpc-loadgen`: run load, compare runs, merge runs.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, thread, time::Duration};
 
@@ -6,20 +6,19 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use krpc_client::TlsArgs;
 use krpc_loadgen::{
-    demo::{DemoOptions, demo},
     interval::IntervalLog,
     merge::{merge_logs, merge_results},
     metrics::LoadgenMetrics,
     report,
     result::RunResult,
-    run::{Arrival, Mode, RunConfig, run, runtime},
-    workload::{Mix, Workload},
+    run::{Mode, RunConfig, run, runtime},
+    workload::{Arrival, Mix, Workload},
 };
-use krpc_transport::TlsMode;
 use tokio_util::sync::CancellationToken;
 
 /// Load generator for krpc: open loop at a fixed rate (latency from the intended send time,
-/// coordinated omission corrected) or closed loop; HdrHistogram results, reports, demo.
+/// coordinated omission corrected) or closed loop; HdrHistogram results, reports, merges.
+/// (The demo and the experiment are `krpc-lab`'s.)
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -55,8 +54,6 @@ enum Command {
         #[arg(long, requires = "hdr_logs")]
         hdr_log_out: Option<PathBuf>,
     },
-    /// Start a krpc-server per free strategy in this process, load each the same way, compare.
-    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -120,40 +117,10 @@ struct RunArgs {
     quiet: bool,
 }
 
-#[derive(Debug, Args)]
-struct DemoArgs {
-    /// RPCs per second against each strategy's server.
-    #[arg(long, default_value_t = 3000.0)]
-    rate: f64,
-    /// Measured time per strategy.
-    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Warmup per strategy.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    #[arg(long, default_value = "echo:8,put:1,get:1")]
-    method: Mix,
-    #[arg(long, default_value_t = 256)]
-    payload: usize,
-    /// TLS mode of the embedded servers and their clients.
-    #[arg(long, default_value = "auto")]
-    tls: TlsMode,
-    /// Directory for the results, interval logs and report.html.
-    #[arg(long, default_value = "krpc-demo")]
-    out: PathBuf,
-    /// No live progress.
-    #[arg(long)]
-    quiet: bool,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return krpc_client::usage_error("krpc-loadgen", e),
+        Err(e) => return krpc_telemetry::usage_error("krpc-loadgen", e),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -171,14 +138,13 @@ fn main() -> ExitCode {
             hdr_logs,
             hdr_log_out,
         } => merge_command(&results, &out, &hdr_logs, hdr_log_out.as_deref()),
-        Command::Demo(args) => demo_command(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(
                 "krpc-loadgen: error: {}",
-                krpc_client::error_chain(e.as_ref())
+                krpc_telemetry::error_chain(e.as_ref())
             );
             ExitCode::FAILURE
         }
@@ -198,7 +164,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
             let (registry, shutdown) = (m.registry(), shutdown.clone());
             Some(thread::spawn(move || {
-                krpc_server::serve_prometheus(listener, registry, shutdown)
+                krpc_telemetry::serve_prometheus(listener, registry, shutdown)
             }))
         }
         _ => None,
@@ -278,31 +244,5 @@ fn merge_command(
     merged.write(out)?;
     print!("{}", merged.summary());
     eprintln!("wrote {}", out.display());
-    Ok(())
-}
-
-fn demo_command(args: DemoArgs) -> anyhow::Result<()> {
-    let results = demo(&DemoOptions {
-        rate: args.rate,
-        duration: args.duration,
-        warmup: args.warmup,
-        connections: args.connections,
-        concurrency: args.concurrency,
-        mix: args.method,
-        payload: args.payload,
-        tls: args.tls,
-        out: args.out.clone(),
-        progress: !args.quiet,
-    })?;
-    println!();
-    print!("{}", report::table(&results));
-    if let Some(pool) = report::pool_table(&results) {
-        println!("\nwhere the servers freed request buffers:");
-        print!("{pool}");
-    }
-    println!(
-        "\nreport: {} (results and interval logs beside it)",
-        args.out.join("report.html").display()
-    );
     Ok(())
 }

@@ -15,7 +15,9 @@ use prometheus_client::{
 };
 use tonic::Code;
 
-use crate::{run::code_name, workload::Method};
+use krpc_telemetry::code_name;
+
+use crate::workload::Method;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -65,7 +67,7 @@ impl LoadgenMetrics {
             "RPCs completed, by method and gRPC status",
             rpcs.clone(),
         );
-        let latency = HistogramFamily::new_with_constructor(krpc_server::latency_histogram);
+        let latency = HistogramFamily::new_with_constructor(krpc_telemetry::latency_histogram);
         registry.register(
             "rpc_duration_seconds",
             "Client-side RPC latency from the intended send time (coordinated omission corrected)",

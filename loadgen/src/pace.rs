@@ -11,7 +11,7 @@ use rand::{SeedableRng, rngs::SmallRng};
 use rand_distr::{Distribution, Exp};
 use tokio::sync::mpsc;
 
-use crate::run::Arrival;
+use crate::workload::Arrival;
 
 /// The schedule: intended send times from `start` until `end`, dealt round robin.
 pub(crate) fn pace(

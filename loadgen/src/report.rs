@@ -1,7 +1,10 @@
 //! `krpc-loadgen report`: runs side by side. A table on stdout, and a self-contained HTML file
 //! (no scripts, no external assets) with the percentile spectrum of every run (x: percentile on
-//! the usual 1/(1-p) log scale, y: latency, log scale) and their throughput: the kernel commit's
-//! "before" and "after", as a picture.
+//! the usual 1/(1-p) log scale, y: latency, log scale) and, where a run measured it (closed loop,
+//! or a target that fell short of the asked rate), their throughput.
+//!
+//! No ratio columns: one run of each is one sample, and a ratio of two samples says nothing about
+//! noise. Repeated, interleaved rounds with intervals are `krpc-lab experiment`'s job.
 
 use std::fmt::Write as _;
 
@@ -76,7 +79,7 @@ fn align(rows: &[Vec<String>], left: usize) -> String {
     out
 }
 
-/// The comparison table. The first run is the baseline of the ratio columns.
+/// The comparison table, one row per run.
 pub fn table(runs: &[RunResult]) -> String {
     align(&comparison_rows(runs), 2)
 }
@@ -84,28 +87,9 @@ pub fn table(runs: &[RunResult]) -> String {
 /// Header and one row per run: what the text table and the HTML table both show.
 fn comparison_rows(runs: &[RunResult]) -> Vec<Vec<String>> {
     let header = [
-        "run",
-        "server",
-        "RPC/s",
-        "p50",
-        "p90",
-        "p99",
-        "p99.9",
-        "p99.99",
-        "max",
-        "errors",
-        "p99 ratio",
-        "RPC/s ratio",
+        "run", "server", "RPC/s", "p50", "p90", "p99", "p99.9", "p99.99", "max", "errors",
     ];
     let mut rows = vec![header.map(str::to_owned).to_vec()];
-    let base = runs.first();
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.2}", a / b)
-        } else {
-            "-".to_owned()
-        }
-    };
     for r in runs {
         let l = &r.latency;
         let server = r.server.as_ref().map_or_else(
@@ -127,10 +111,6 @@ fn comparison_rows(runs: &[RunResult]) -> Vec<Vec<String>> {
             fmt_us(l.at(99.99)),
             fmt_us(l.max_us),
             r.error_count().to_string(),
-            base.map_or("-".into(), |b| {
-                ratio(l.at(99.0) as f64, b.latency.at(99.0) as f64)
-            }),
-            base.map_or("-".into(), |b| ratio(r.achieved_rate, b.achieved_rate)),
         ]);
     }
     rows
@@ -167,7 +147,8 @@ pub fn html(runs: &[RunResult]) -> Result<String> {
     let _ = writeln!(
         out,
         "<p class=\"note\">Latency from the intended send time (coordinated omission corrected), \
-         HdrHistogram, 3 significant digits. Ratios are against the first run.</p>"
+         HdrHistogram, 3 significant digits. One run each: differences between runs may be \
+         noise (krpc-lab experiment measures them with intervals).</p>"
     );
     let rows = comparison_rows(runs);
     out.push_str("<table>\n<tr>");
@@ -202,8 +183,16 @@ pub fn html(runs: &[RunResult]) -> Result<String> {
     }
     out.push_str("<h2>Latency by percentile</h2>\n");
     out.push_str(&spectrum_svg(runs, &histograms));
-    out.push_str("<h2>Throughput</h2>\n");
-    out.push_str(&throughput_svg(runs));
+    // A fixed-rate run that kept up delivered the asked rate: bars of equal length say nothing.
+    if runs.iter().any(|r| r.config.rate.is_none() || !r.kept_up()) {
+        out.push_str("<h2>Throughput</h2>\n");
+        out.push_str(&throughput_svg(runs));
+    } else {
+        out.push_str(
+            "<p class=\"note\">Every run is open loop and kept its asked rate: no throughput \
+             chart (each bar would be the asked rate).</p>\n",
+        );
+    }
     out.push_str("</body></html>\n");
     Ok(out)
 }
@@ -402,5 +391,29 @@ mod tests {
         let html = html(&[run("per-core", Some(pool))]).unwrap();
         assert!(html.contains("Where the server freed request buffers"));
         assert!(html.contains("70.0%"));
+    }
+
+    #[test]
+    fn throughput_bars_only_where_throughput_was_measured() {
+        let mut fixed = run("fixed", None);
+        fixed.config.rate = Some(100.0);
+        fixed.achieved_rate = 100.0;
+        let page = html(&[fixed.clone(), fixed.clone()]).unwrap();
+        assert!(
+            !page.contains("class=\"bar\""),
+            "kept-up fixed-rate runs get no bars"
+        );
+        let mut short = fixed.clone();
+        short.achieved_rate = 50.0;
+        let page = html(&[fixed.clone(), short]).unwrap();
+        assert_eq!(
+            page.matches("class=\"bar\"").count(),
+            2,
+            "one fell short: bars"
+        );
+        let closed = run("closed", None);
+        let page = html(&[closed, fixed]).unwrap();
+        assert_eq!(page.matches("class=\"bar\"").count(), 2);
+        assert!(!table(&[run("a", None)]).contains("ratio"));
     }
 }

@@ -17,9 +17,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     path::PathBuf,
-    str::FromStr,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -28,7 +26,6 @@ use hdrhistogram::Histogram;
 use krpc_proto::v1::{InfoRequest, InfoResponse, TlsMode as WireTlsMode};
 use krpc_transport::Connector;
 use tokio::sync::mpsc;
-use tonic::Code;
 
 use crate::{
     conn::GrpcConn,
@@ -42,46 +39,8 @@ use crate::{
         ConfigRecord, Environment, Latency, RunResult, ServerRecord, encode_histogram,
         new_histogram,
     },
-    workload::Workload,
+    workload::{Arrival, Workload},
 };
-
-/// Inter-arrival times of the open loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arrival {
-    /// Evenly spaced, as wrk2.
-    Uniform,
-    /// Exponential gaps (a Poisson process): bursts, as independent clients make.
-    Poisson,
-}
-
-impl Arrival {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Uniform => "uniform",
-            Self::Poisson => "poisson",
-        }
-    }
-}
-
-impl FromStr for Arrival {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "uniform" => Ok(Self::Uniform),
-            "poisson" => Ok(Self::Poisson),
-            other => Err(format!(
-                "unknown arrival {other:?} (expected uniform or poisson)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Arrival {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Open loop at a rate, or closed loop.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -311,29 +270,6 @@ async fn server_info(client: &GrpcConn) -> Option<ServerRecord> {
     })
 }
 
-/// gRPC status names as grpc-status documents them (and the server's metrics label them).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// Merges the connections' seconds into one histogram per second.
 async fn collect(
     mut reports: mpsc::UnboundedReceiver<IntervalReport>,
@@ -367,7 +303,7 @@ async fn collect(
     log
 }
 
-/// Helper for tests and the demo: a multi-thread runtime with `threads` workers.
+/// A multi-thread runtime for the load with `threads` workers.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))

@@ -1,4 +1,5 @@
-//! What each RPC is: the method (one, or a weighted mix), the key, the payload.
+//! What each RPC is: the method (one, or a weighted mix), the key, the payload; and when the
+//! open loop sends them (the arrival process).
 
 use std::{fmt, str::FromStr};
 
@@ -139,6 +140,44 @@ impl Workload {
 
     pub fn key(&self, rng: &mut impl Rng) -> Bytes {
         self.keys[rng.random_range(0..self.keys.len())].clone()
+    }
+}
+
+/// Inter-arrival times of the open loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Evenly spaced, as wrk2.
+    Uniform,
+    /// Exponential gaps (a Poisson process): bursts, as independent clients make.
+    Poisson,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::Poisson => "poisson",
+        }
+    }
+}
+
+impl FromStr for Arrival {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "uniform" => Ok(Self::Uniform),
+            "poisson" => Ok(Self::Poisson),
+            other => Err(format!(
+                "unknown arrival {other:?} (expected uniform or poisson)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Arrival {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -2,16 +2,39 @@
 //! commit 68822bdf76 (per-cpu skb free deferral). A buffer remembers the core that allocated it;
 //! what happens when it is freed on another core is the strategy. No tokio, no gRPC here.
 //!
-//! Unsafe code is needed for two things, both fenced in their modules: raw size-class blocks
-//! (`buf`, `pool`: allocation, the intrusive defer node written into a free block, owner-only
-//! free lists) and the lock-free defer list (`defer`, model-checked with loom).
+//! How it is built (each module says more):
+//! - `slab`: buffers are blocks carved from 256 KiB slabs, each owned by one core and holding
+//!   one size class. A block finds its pool, owning core and class by masking its address down
+//!   to the slab's header: no per-buffer pointer, count or `Arc`.
+//! - `core`: a core's state is split by who may touch it. The owner half (free lists, slab
+//!   carving, outgoing batches, counters as plain stores) is touched only by the thread that
+//!   holds the core's claim, through its `!Send` [`CoreHandle`]; the remote half (defer list,
+//!   returned list, claim flag and kick waker) sits on cache lines of its own.
+//! - `free`: a free on the owning core is a push on its own list. Under `per-core`, a free on
+//!   another core goes into that core's outgoing batch for the owner, handed over with one
+//!   compare-and-swap per batch (`list`: the head word packs pointer and length, so the
+//!   `defer_max` bound costs nothing extra); the owner drains at its end of batch, is kicked at
+//!   half of `defer_max`, and past it the freer sends the rest the allocator's way (the owner's
+//!   returned list, reclaimed on a miss).
+//! - `pool`: the pool lives while a handle lives or a buffer is out, without a shared
+//!   reference count on the hot path (see its module docs).
+//!
+//! Unsafe code is needed for raw memory (slabs, intrusive list nodes inside free blocks,
+//! owner-only state behind a claim) and the lock-free lists. It is fenced in those modules,
+//! each block with its SAFETY argument; every atomic goes through `sync`, so loom
+//! (`--cfg krpc_loom`, the `loom_models` tests) checks the protocols on the real code.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod buf;
 mod conn;
-mod defer;
+mod core;
+mod free;
+mod list;
+#[cfg(all(test, krpc_loom))]
+mod loom_models;
 mod pool;
+mod slab;
 mod stats;
 mod sync;
 
@@ -20,12 +43,23 @@ use std::{fmt, str::FromStr};
 pub use buf::PoolBuf;
 pub use conn::ConnHandle;
 pub use pool::{CoreHandle, Pool, RegisterError};
+pub use slab::SLAB_SIZE;
 pub use stats::{
     CoreStats, DRAIN_BUCKETS, FREE_NS_BUCKETS, FREE_SAMPLE_EVERY, Snapshot, free_ns_bound,
 };
 
-/// Size classes (bytes). Requests above the last one go to the allocator.
-pub const SIZE_CLASSES: [usize; 5] = [256, 1024, 4096, 16 * 1024, 64 * 1024];
+/// Size classes (bytes): powers of two from 64 B to 64 KiB, so a buffer wastes less than half
+/// its block (and blocks of the smallest class are one cache line each). Requests above the
+/// last one go to the allocator.
+pub const SIZE_CLASSES: [usize; 11] = {
+    let mut sizes = [0; 11];
+    let mut i = 0;
+    while i < sizes.len() {
+        sizes[i] = 64 << i;
+        i += 1;
+    }
+    sizes
+};
 
 /// What a free does (DESIGN.md, "Data path", step 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,8 +115,10 @@ pub struct Config {
     /// A defer list holds at most this many buffers; past half of it the freer wakes the owner.
     /// Default 64, as the kernel's `net.core.skb_defer_max`.
     pub defer_max: usize,
-    /// Bytes a core's free lists may hold (the global list: this times `cores`); beyond it,
-    /// frees go back to the allocator.
+    /// Bytes of slab memory a core may carve, and bytes its free lists may hold (the global
+    /// list: this times `cores`). Past the first, allocations fall back to the heap (counted);
+    /// past the second, frees go the allocator's way (counted). Memory pinned on connections'
+    /// defer lists is slab memory, so it counts against this too.
     pub cap_bytes_per_core: usize,
 }
 
@@ -97,22 +133,45 @@ impl Config {
     }
 }
 
-/// Index of the size class for `len` bytes, `None` above the largest.
-pub(crate) fn class_of(len: usize) -> Option<usize> {
-    SIZE_CLASSES.iter().position(|&size| len <= size)
+impl Config {
+    /// Frees a core collects for one other core before handing them over in one batch:
+    /// `defer_max / 4`, from 1 to 32, so a batch never takes a defer list from empty past the
+    /// kick point at once, and a core finishing its batch hands over what it holds anyway.
+    pub fn remote_batch(&self) -> usize {
+        (self.defer_max / 4).clamp(1, 32)
+    }
 }
 
-#[cfg(test)]
+/// Index of the size class for `len` bytes, `None` above the largest.
+#[inline(always)]
+pub(crate) fn class_of(len: usize) -> Option<usize> {
+    // ceil(log2(len)) - 6, with everything up to 64 bytes in class 0.
+    let class = if len <= 64 {
+        0
+    } else {
+        (usize::BITS - (len - 1).leading_zeros()) as usize - 6
+    };
+    (class < SIZE_CLASSES.len()).then_some(class)
+}
+
+#[cfg(all(test, not(krpc_loom)))]
 mod tests {
     use super::*;
 
     #[test]
     fn classes_and_strategy_names() {
-        assert_eq!(class_of(0), Some(0));
-        assert_eq!(class_of(256), Some(0));
-        assert_eq!(class_of(257), Some(1));
-        assert_eq!(class_of(64 * 1024), Some(4));
-        assert_eq!(class_of(64 * 1024 + 1), None);
+        assert_eq!(SIZE_CLASSES[0], 64);
+        assert_eq!(SIZE_CLASSES[10], 64 * 1024);
+        for len in 0..=70_000 {
+            let want = SIZE_CLASSES.iter().position(|&size| len <= size);
+            assert_eq!(class_of(len), want, "{len}");
+            if let Some(c) = want.filter(|_| len > 64) {
+                assert!(
+                    len * 2 > SIZE_CLASSES[c],
+                    "{len} wastes more than half its block"
+                );
+            }
+        }
         for s in Strategy::ALL {
             assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
         }

@@ -1,557 +1,503 @@
-//! The pool: per-core free lists (touched only by the core's owner thread), per-core defer lists
-//! (pushed by anyone, drained by the owner), a global locked list for the `global` strategy.
+//! The pool: its cores, the global list of the `global` strategy, registration, allocation,
+//! and the pool's lifetime.
+//!
+//! **Lifetime without a per-buffer count.** Buffers do not keep the pool alive with an `Arc`;
+//! handles do ([`Pool`], [`CoreHandle`], connections), and outstanding buffers do through the
+//! counters the pool keeps anyway. When the last handle goes, the pool *closes*: no thread is a
+//! core any more, so every later free is a foreign free (see `free.rs`), and those announce
+//! themselves on one word (`Life::state`: in-flight foreign frees, and a CLOSED bit). Once the
+//! close has waited out the in-flight ones, the outstanding count is exact; it is added to
+//! `Life::late`, which every free on a closed pool decrements. Whoever takes `late` to zero
+//! (the close itself when nothing was outstanding) frees the slabs and the pool. A free on a
+//! core thread never touches this word: that thread's `CoreHandle` holds the pool open.
 
-#![allow(unsafe_code)] // this module is one of the pool's fenced unsafe parts (lib.rs)
+#![allow(unsafe_code)] // one of the pool's fenced unsafe parts (lib.rs)
 
 use std::{
-    alloc::{self, Layout},
-    cell::{Cell, UnsafeCell as StdUnsafeCell},
+    cell::Cell,
     marker::PhantomData,
     ptr::{self, NonNull},
-    sync::{
-        Arc, Mutex,
-        atomic::{
-            AtomicBool, AtomicU64, AtomicUsize,
-            Ordering::{Acquire, Relaxed, Release},
-        },
-    },
-    task::Waker,
+    time::Instant,
 };
 
-use atomic_waker::AtomicWaker;
 use crossbeam_utils::CachePadded;
 
 use crate::{
-    Config, SIZE_CLASSES, Strategy,
+    Config, Strategy,
     buf::PoolBuf,
     class_of,
-    conn::ConnShared,
-    defer::{DeferList, Node, Pushed},
-    stats::{Counters, FREE_SAMPLE_EVERY, Snapshot, Tally},
+    core::{CLASSES, Core},
+    list::Chain,
+    slab,
+    stats::{Snapshot, read_core},
+    sync::{AtomicIsize, AtomicUsize, Mutex, Ordering, SharedCounter, lock},
 };
 
-const CLASSES: usize = SIZE_CLASSES.len();
-/// Blocks are cache-line aligned: two cores never share a line through neighbouring buffers.
-const ALIGN: usize = 64;
+/// Set while foreign frees may no longer start on the open path.
+const CLOSED: usize = 1;
+/// One in-flight foreign free in `Life::state`.
+const IN_FLIGHT: usize = 2;
 
-// The defer node is written into the free block itself.
-const _: () = assert!(std::mem::size_of::<Node>() <= SIZE_CLASSES[0]);
-
-type Lists = [Vec<NonNull<u8>>; CLASSES];
-
-fn layout(class: usize) -> Layout {
-    // Sizes are small powers of two and ALIGN is a power of two: always a valid layout.
-    Layout::from_size_align(SIZE_CLASSES[class], ALIGN).expect("size classes form valid layouts")
+#[derive(Debug)]
+struct Life {
+    /// Handles alive: `Pool` clones, `CoreHandle`s, connections.
+    handles: AtomicUsize,
+    /// `IN_FLIGHT` x foreign frees in progress on the open path, `| CLOSED` once closed.
+    state: AtomicUsize,
+    /// After the close: buffers still out (added once) minus frees since (each subtracts 1).
+    late: AtomicIsize,
 }
 
-fn new_block(class: usize) -> NonNull<u8> {
-    let layout = layout(class);
-    // SAFETY: the layout has a non-zero size. The bytes are uninitialised: `Shared::alloc`
-    // initialises the ones it hands out (zeroes or a copy) before any read.
-    let ptr = unsafe { alloc::alloc(layout) };
-    NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+/// The `global` strategy's list: every core's frees, under one lock.
+#[derive(Debug)]
+pub(crate) struct GlobalLists {
+    pub(crate) lists: [Chain; CLASSES],
+    pub(crate) bytes: usize,
 }
 
-/// # Safety
-/// `ptr` came from `new_block(class)` and is not used afterwards.
-unsafe fn free_block(ptr: NonNull<u8>, class: usize) {
-    // SAFETY: per the contract, allocated with this layout and now unused.
-    unsafe { alloc::dealloc(ptr.as_ptr(), layout(class)) }
-}
-
-struct CoreState {
-    /// A thread has registered as this core (or `drain_orphans` holds it for a moment).
-    owned: AtomicBool,
-    /// Free lists. Only the owner touches them (see `CoreHandle`), so they need no lock.
-    lists: StdUnsafeCell<Lists>,
-    defer: DeferList,
-    waker: AtomicWaker,
-    stats: Counters,
-}
-
-struct GlobalLists {
-    lists: Lists,
-    bytes: usize,
-}
-
-pub(crate) struct Shared {
-    id: usize,
+#[derive(Debug)]
+pub(crate) struct Inner {
     pub(crate) config: Config,
-    cores: Box<[CachePadded<CoreState>]>,
-    global: Mutex<GlobalLists>,
-    unregistered_allocs: AtomicU64,
+    pub(crate) cores: Box<[Core]>,
+    pub(crate) global: Mutex<GlobalLists>,
+    life: CachePadded<Life>,
+    pub(crate) unregistered_allocs: SharedCounter,
+    /// What two back-to-back clock reads cost here, subtracted from every timing.
+    pub(crate) clock_ns: u64,
 }
 
-// SAFETY: the raw blocks in `lists` are owned by the pool; a core's lists are only touched by
-// the thread that holds that core's `owned` flag, the global lists only under their mutex.
-unsafe impl Send for Shared {}
+// SAFETY: the raw pointers inside (free lists, slabs) are owned by the pool. Owner-only state
+// is touched only by the thread holding that core's claim, the global lists only under their
+// mutex, the remote lists only through their atomics.
+unsafe impl Send for Inner {}
 // SAFETY: as above.
-unsafe impl Sync for Shared {}
+unsafe impl Sync for Inner {}
 
-static NEXT_POOL_ID: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    /// (pool id, core) this thread is registered as; pool id 0 = none.
-    static CURRENT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-    /// Frees on this thread since the last timed one (see `FREE_SAMPLE_EVERY`).
-    static FREES_UNTIMED: Cell<u32> = const { Cell::new(0) };
+#[cfg(not(krpc_loom))]
+std::thread_local! {
+    /// The core this thread is registered as (null: none). A plain TLS read.
+    static CURRENT: Cell<*const Core> = const { Cell::new(ptr::null()) };
+}
+#[cfg(krpc_loom)]
+loom::thread_local! {
+    static CURRENT: Cell<*const Core> = Cell::new(ptr::null());
 }
 
-impl Shared {
-    fn current_core(&self) -> Option<usize> {
-        let (id, core) = CURRENT.get();
-        (id == self.id).then_some(core)
-    }
+#[cfg(krpc_loom)]
+loom::lazy_static! {
+    /// Pools freed in this loom execution (the models check it).
+    static ref TEARDOWNS: crate::sync::AtomicUsize = crate::sync::AtomicUsize::new(0);
+}
 
-    fn stats(&self, core: usize) -> &Counters {
-        &self.cores[core].stats
-    }
+/// Pools freed in this loom execution.
+#[cfg(krpc_loom)]
+pub(crate) fn teardowns() -> usize {
+    TEARDOWNS.load(Ordering::SeqCst)
+}
 
-    /// Where to count an event of `core` from this thread (`here`: its registered core).
-    fn tally(&self, core: usize, here: Option<usize>) -> Tally<'_> {
-        self.stats(core).tally(here == Some(core))
-    }
-
-    /// A buffer of `len` bytes, initialised by `init`.
-    pub(crate) fn alloc(
-        self: &Arc<Self>,
-        len: usize,
-        init: Init<'_>,
-        conn: Option<Arc<ConnShared>>,
-    ) -> PoolBuf {
-        debug_assert!(matches!(init, Init::Zero) || init.len() == len);
-        let Some(core) = self.current_core() else {
-            self.unregistered_allocs.fetch_add(1, Relaxed);
-            return PoolBuf::heap(init.to_boxed(len), None);
-        };
-        let stats = self.tally(core, Some(core));
-        stats.bump(|s| &s.allocs);
-        let Some(class) = class_of(len) else {
-            stats.bump(|s| &s.large_allocs);
-            return PoolBuf::heap(init.to_boxed(len), Some((self.clone(), core)));
-        };
-        let size = SIZE_CLASSES[class] as i64;
-        let cached = match self.config.strategy {
-            Strategy::Global => {
-                let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
-                let block = global.lists[class].pop();
-                if block.is_some() {
-                    global.bytes -= SIZE_CLASSES[class];
-                }
-                block
-            }
-            _ => {
-                // SAFETY: `core` is this thread's registered core: it owns these lists.
-                let lists = unsafe { self.lists_of_owner(core) };
-                lists[class].pop()
-            }
-        };
-        let block = match cached {
-            Some(block) => {
-                stats.bump(|s| &s.hits);
-                stats.bytes(-size);
-                block
-            }
-            None => {
-                stats.bump(|s| &s.misses);
-                new_block(class)
-            }
-        };
-        // SAFETY: the block holds at least SIZE_CLASSES[class] >= len bytes and is ours; after
-        // this every byte the buffer exposes is initialised (reused blocks may hold
-        // uninitialised bytes past an earlier, shorter copy, so they are set here too).
-        unsafe {
-            match init {
-                Init::Zero => ptr::write_bytes(block.as_ptr(), 0, len),
-                Init::Copy(data) => ptr::copy_nonoverlapping(data.as_ptr(), block.as_ptr(), len),
-            }
-        }
-        PoolBuf::block(block, len, class, core, self.clone(), conn)
-    }
-
-    /// # Safety
-    /// The calling thread owns `core` (registered as it, or holds its `owned` claim), and no
-    /// other reference to the lists is alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn lists_of_owner(&self, core: usize) -> &mut Lists {
-        // SAFETY: per the contract, this thread is the only one touching these lists.
-        unsafe { &mut *self.cores[core].lists.get() }
-    }
-
-    /// Puts a block on `core`'s free list if the memory cap allows; false when it does not.
-    ///
-    /// # Safety
-    /// As for `lists_of_owner`; `block` is an unused block of `class`.
-    unsafe fn cache_on(&self, core: usize, block: NonNull<u8>, class: usize) -> bool {
-        let stats = self.stats(core);
-        let size = SIZE_CLASSES[class] as i64;
-        // Owner-written, plus whatever the global strategy's off-core frees added remotely.
-        let cached =
-            stats.owned.bytes_cached.load(Relaxed) + stats.remote.bytes_cached.load(Relaxed);
-        if cached + size > self.config.cap_bytes_per_core as i64 {
-            return false;
-        }
-        // SAFETY: forwarded contract.
-        let lists = unsafe { self.lists_of_owner(core) };
-        lists[class].push(block);
-        stats.tally(true).bytes(size);
-        true
-    }
-
-    /// The free path of a pooled block: the strategy. One free in `FREE_SAMPLE_EVERY` per
-    /// thread is timed (two clock reads), so the histogram costs well under a nanosecond a free.
-    ///
-    /// # Safety
-    /// `block` is a block of `class` handed out with `origin` as origin core, now unused.
-    pub(crate) unsafe fn free(
-        &self,
-        block: NonNull<u8>,
-        class: usize,
-        origin: usize,
-        conn: Option<&ConnShared>,
-    ) {
-        let here = self.current_core();
-        let untimed = FREES_UNTIMED.get();
-        if untimed + 1 < FREE_SAMPLE_EVERY {
-            FREES_UNTIMED.set(untimed + 1);
-            // SAFETY: forwarded contract.
-            return unsafe { self.free_strategy(block, class, origin, conn, here) };
-        }
-        FREES_UNTIMED.set(0);
-        let start = std::time::Instant::now();
-        // SAFETY: forwarded contract.
-        unsafe { self.free_strategy(block, class, origin, conn, here) };
-        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.tally(here.unwrap_or(origin), here).free_sample(ns);
-    }
-
-    /// # Safety
-    /// As for `free`; `here` is the calling thread's core.
-    unsafe fn free_strategy(
-        &self,
-        block: NonNull<u8>,
-        class: usize,
-        origin: usize,
-        conn: Option<&ConnShared>,
-        here: Option<usize>,
-    ) {
-        self.tally(origin, here).bump(|s| &s.origin_frees);
-        let counted = here.unwrap_or(origin);
-        match (self.config.strategy, here, conn) {
-            (Strategy::Global, _, _) => {
-                let size = SIZE_CLASSES[class];
-                let cap = self.config.cap_bytes_per_core * self.cores.len();
-                let mut global = self.global.lock().unwrap_or_else(|e| e.into_inner());
-                if global.bytes + size <= cap {
-                    global.lists[class].push(block);
-                    global.bytes += size;
-                    drop(global);
-                    let stats = self.tally(counted, here);
-                    stats.bump(|s| &s.local_frees);
-                    stats.bytes(size as i64);
-                } else {
-                    drop(global);
-                    // SAFETY: the block is unused (contract).
-                    unsafe { self.overflow(block, class, counted, here) };
-                }
-            }
-            (Strategy::PerConn, _, Some(conn)) if !conn.closed() => {
-                let node = write_node(block, class);
-                // SAFETY: the node was just written into our unused block.
-                match unsafe { conn.defer.try_push(node, self.config.defer_max) } {
-                    Pushed::Queued { .. } => self.tally(counted, here).bump(|s| &s.deferred_frees),
-                    // SAFETY: refused, so the node is still ours.
-                    Pushed::Full => unsafe { self.overflow(take_node(node), class, counted, here) },
-                }
-            }
-            (Strategy::PerCore, Some(core), _) if core != origin => {
-                // SAFETY: forwarded contract.
-                unsafe { self.defer_to(origin, block, class, here) }
-            }
-            (Strategy::PerCore, None, _) => {
-                // SAFETY: forwarded contract.
-                unsafe { self.defer_to(origin, block, class, here) }
-            }
-            // Local, per-conn without a live connection, per-core on the origin core: the
-            // freeing core's own list.
-            (_, Some(core), _) => {
-                // SAFETY: `core` is this thread's registered core.
-                if unsafe { self.cache_on(core, block, class) } {
-                    self.tally(core, here).bump(|s| &s.local_frees);
-                } else {
-                    // SAFETY: not cached, still ours.
-                    unsafe { self.overflow(block, class, core, here) };
-                }
-            }
-            // A thread that is no core of this pool has no list to keep it on.
-            (_, None, _) => {
-                // SAFETY: forwarded contract.
-                unsafe { self.overflow(block, class, counted, here) }
-            }
-        }
-    }
-
-    /// # Safety
-    /// `block` is an unused block of `class`.
-    unsafe fn overflow(
-        &self,
-        block: NonNull<u8>,
-        class: usize,
-        counted: usize,
-        here: Option<usize>,
-    ) {
-        // SAFETY: forwarded contract.
-        unsafe { free_block(block, class) };
-        self.tally(counted, here).bump(|s| &s.overflow_frees);
-    }
-
-    /// A free on another core than the origin: push on the origin's defer list.
-    ///
-    /// # Safety
-    /// `block` is an unused block of `class` with `origin` as origin core.
-    unsafe fn defer_to(
-        &self,
-        origin: usize,
-        block: NonNull<u8>,
-        class: usize,
-        here: Option<usize>,
-    ) {
-        let counted = here.unwrap_or(origin);
-        let target = &self.cores[origin];
-        if !target.owned.load(Acquire) {
-            // Nobody would drain it: the origin's thread is gone.
-            // SAFETY: forwarded contract.
-            return unsafe { self.overflow(block, class, counted, here) };
-        }
-        let node = write_node(block, class);
-        // SAFETY: the node was just written into our unused block.
-        match unsafe { target.defer.try_push(node, self.config.defer_max) } {
-            Pushed::Queued { len } => {
-                self.tally(counted, here).bump(|s| &s.deferred_frees);
-                // Kick once, when the list crosses half full (the kernel sends its IPI there).
-                if len == (self.config.defer_max / 2).max(1) {
-                    target.stats.tally(false).bump(|s| &s.kicks);
-                    target.waker.wake();
-                }
-            }
-            // Past defer_max the freer frees it itself.
-            // SAFETY: refused, so the node is still ours.
-            Pushed::Full => unsafe { self.overflow(take_node(node), class, counted, here) },
-        }
-    }
-
-    /// Moves `core`'s deferred buffers to its free lists. Returns how many.
-    ///
-    /// # Safety
-    /// The calling thread owns `core` (as for `lists_of_owner`).
-    unsafe fn drain_core(&self, core: usize) -> usize {
-        // The owner (or the holder of the core's claim) drains: owner-side counters.
-        let stats = self.stats(core).tally(true);
-        // SAFETY: forwarded contract.
-        unsafe { self.drain_list(&self.cores[core].defer, Some(core), stats) }
-    }
-
-    /// Drains deferred buffers of a connection into the calling thread's core (or frees them).
-    pub(crate) fn drain_conn(&self, list: &DeferList, conn_core: usize) -> usize {
-        let here = self.current_core();
-        let stats = self.tally(here.unwrap_or(conn_core), here);
-        // SAFETY: `here` is this thread's registered core, if any: it owns that core's lists.
-        unsafe { self.drain_list(list, here, stats) }
-    }
-
-    /// Takes everything off `list` and caches it on `into` (to the allocator when the cap is
-    /// reached or there is no core), counting the batch in `stats`.
-    ///
-    /// # Safety
-    /// When `into` is `Some(core)`, the calling thread owns `core` (as for `lists_of_owner`).
-    unsafe fn drain_list(&self, list: &DeferList, into: Option<usize>, stats: Tally<'_>) -> usize {
-        let mut n = 0;
-        for (node, class) in list.take_all() {
-            let block = take_node(node);
-            n += 1;
-            let cached = match into {
-                // SAFETY: we own `core` (contract) and the block (taken off the list).
-                Some(core) => unsafe { self.cache_on(core, block, class) },
-                None => false,
-            };
-            if !cached {
-                // SAFETY: not cached, still ours.
-                unsafe { free_block(block, class) };
-                stats.bump(|s| &s.drain_trimmed);
-            }
-        }
-        stats.add(|s| &s.drained, n as u64);
-        stats.bump(|s| &s.drain_calls);
-        stats.drain_batch(n);
-        n
-    }
-
-    pub(crate) fn count_heap_free(&self, origin: usize) {
-        let here = self.current_core();
-        self.tally(origin, here).bump(|s| &s.origin_frees);
-        self.tally(here.unwrap_or(origin), here)
-            .bump(|s| &s.overflow_frees);
-    }
+/// The core the calling thread is registered as, of any pool (null: none).
+#[inline(always)]
+pub(crate) fn current() -> *const Core {
+    CURRENT.with(Cell::get)
 }
 
 /// How a new buffer's bytes are initialised.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) enum Init<'a> {
     Zero,
     Copy(&'a [u8]),
 }
 
 impl Init<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Self::Zero => 0,
-            Self::Copy(data) => data.len(),
-        }
-    }
-
     fn to_boxed(self, len: usize) -> Box<[u8]> {
         match self {
             Self::Zero => vec![0; len].into_boxed_slice(),
             Self::Copy(data) => data.into(),
         }
     }
-}
 
-/// Writes a defer node at the start of an unused block.
-fn write_node(block: NonNull<u8>, class: usize) -> NonNull<Node> {
-    let node = block.cast::<Node>();
-    // SAFETY: the block is unused, at least SIZE_CLASSES[0] bytes (checked above to hold a
-    // Node) and ALIGN-aligned (more than Node needs).
-    unsafe { node.as_ptr().write(Node::new(class)) };
-    node
-}
-
-/// Ends a defer node's life (loom's cells own tracking state) and gives back its block.
-fn take_node(node: NonNull<Node>) -> NonNull<u8> {
-    // SAFETY: callers own the node (refused by a push, or taken off a list), written by
-    // `write_node`, and do not use it as a node again.
-    unsafe { ptr::drop_in_place(node.as_ptr()) };
-    node.cast()
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Last reference: no buffer, handle or connection is left, so everything here is ours.
-        for (core, state) in self.cores.iter().enumerate() {
-            for (node, class) in state.defer.take_all() {
-                // SAFETY: taken off the list, ours.
-                unsafe { free_block(take_node(node), class) };
+    /// # Safety
+    /// `block` is valid for writes of `len` bytes and unused; for `Copy`, `len` is its length.
+    #[inline(always)]
+    unsafe fn write(self, block: NonNull<u8>, len: usize) {
+        // SAFETY: the contract. Reused blocks may hold stale bytes (and a link) past an
+        // earlier, shorter buffer: every byte the new buffer exposes is written here.
+        unsafe {
+            match self {
+                Self::Zero => ptr::write_bytes(block.as_ptr(), 0, len),
+                Self::Copy(data) => ptr::copy_nonoverlapping(data.as_ptr(), block.as_ptr(), len),
             }
-            // SAFETY: no other thread can reach the pool any more.
-            let lists = unsafe { self.lists_of_owner(core) };
-            free_lists(lists);
         }
-        let global = self.global.get_mut().unwrap_or_else(|e| e.into_inner());
-        free_lists(&mut global.lists);
     }
 }
 
-fn free_lists(lists: &mut Lists) {
-    for (class, list) in lists.iter_mut().enumerate() {
-        for block in list.drain(..) {
-            // SAFETY: blocks on a free list are unused blocks of that class.
-            unsafe { free_block(block, class) };
+impl Inner {
+    fn pool_ptr(&self) -> NonNull<Inner> {
+        NonNull::from(self)
+    }
+
+    /// A buffer of `len` bytes from `core`.
+    ///
+    /// # Safety
+    /// The calling thread holds `core`'s claim, and `core` is a core of this pool.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_on(
+        &self,
+        core: &Core,
+        len: usize,
+        init: Init<'_>,
+        conn: Option<crate::conn::ConnRef>,
+    ) -> PoolBuf {
+        let Some(class) = class_of(len) else {
+            // SAFETY: forwarded contract.
+            return unsafe { self.alloc_large(core, len, init) };
+        };
+        core.owner.stats.allocs.add(1);
+        let cached = if core.owner.strategy == Strategy::Global {
+            self.pop_global(class)
+        } else {
+            // SAFETY: the caller holds the claim.
+            unsafe { core.pop_free(class) }
+        };
+        // SAFETY: forwarded contract.
+        let block = match cached.or_else(|| unsafe { self.alloc_miss(core, class) }) {
+            Some(block) => block,
+            None => {
+                core.owner.stats.fallback_allocs.add(1);
+                return PoolBuf::heap(init.to_boxed(len), Some((self.pool_ptr(), core.index())));
+            }
+        };
+        // SAFETY: a block of class >= len bytes, handed to us unused.
+        unsafe { init.write(block, len) };
+        PoolBuf::block(block, len, core.index(), conn)
+    }
+
+    /// The free list was empty: blocks returned the allocator's way, else a fresh block.
+    ///
+    /// # Safety
+    /// As for `alloc_on`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_miss(&self, core: &Core, class: usize) -> Option<NonNull<u8>> {
+        core.owner.stats.misses.add(1);
+        if !core.returned.is_empty() {
+            // SAFETY: forwarded contract.
+            unsafe { core.reclaim() };
+            // SAFETY: as above.
+            if let Some(block) = unsafe { core.pop_free(class) } {
+                return Some(block);
+            }
+        }
+        // SAFETY: forwarded contract.
+        unsafe { core.carve(class) }
+    }
+
+    /// # Safety
+    /// As for `alloc_on`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_large(&self, core: &Core, len: usize, init: Init<'_>) -> PoolBuf {
+        let stats = &core.owner.stats;
+        stats.allocs.add(1);
+        stats.large_allocs.add(1);
+        PoolBuf::heap(init.to_boxed(len), Some((self.pool_ptr(), core.index())))
+    }
+
+    #[inline(never)]
+    fn pop_global(&self, class: usize) -> Option<NonNull<u8>> {
+        let mut global = lock(&self.global);
+        let node = global.lists[class].pop()?;
+        global.bytes -= crate::SIZE_CLASSES[class];
+        drop(global);
+        // SAFETY: popped under the lock, so ours; handed out as a block now.
+        Some(unsafe { crate::list::Node::into_block(node) })
+    }
+
+    /// A handle more (a clone of one the caller holds).
+    pub(crate) fn acquire(&self) {
+        self.life.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handle less; the last one closes the pool (and may free it: `self` may dangle after).
+    ///
+    /// # Safety
+    /// The caller gives up a handle it held, and does not use `self` afterwards.
+    pub(crate) unsafe fn release(&self) {
+        if self.life.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last handle: no thread is a core of this pool any more.
+        let before = self.life.state.fetch_or(CLOSED, Ordering::AcqRel);
+        if before / IN_FLIGHT == 0 {
+            // SAFETY: nothing is in flight, and later foreign frees take the closed path.
+            unsafe { self.settle() };
+        }
+        // Otherwise the last in-flight foreign free settles (see `leave_foreign`).
+    }
+
+    /// Starts a free on a thread that is no core of this pool: `true` while the pool is open
+    /// (then `leave_foreign` must follow), `false` once closed (then call `closed_free`).
+    pub(crate) fn enter_foreign(&self) -> bool {
+        let mut state = self.life.state.load(Ordering::Relaxed);
+        loop {
+            if state & CLOSED != 0 {
+                return false;
+            }
+            match self.life.state.compare_exchange_weak(
+                state,
+                state + IN_FLIGHT,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
         }
     }
+
+    /// Ends an open-path foreign free (`self` may dangle after).
+    ///
+    /// # Safety
+    /// Paired with an `enter_foreign` that returned `true`; `self` is not used afterwards.
+    pub(crate) unsafe fn leave_foreign(&self) {
+        // Release: this free's counts and list pushes happen-before the settle that reads them.
+        let before = self.life.state.fetch_sub(IN_FLIGHT, Ordering::AcqRel);
+        if before == CLOSED | IN_FLIGHT {
+            // SAFETY: the pool closed while we were in flight and we were the last one.
+            unsafe { self.settle() };
+        }
+    }
+
+    /// A free on a closed pool: one outstanding buffer less (`self` may dangle after).
+    ///
+    /// # Safety
+    /// The buffer was outstanding and is not touched again; `self` is not used afterwards.
+    pub(crate) unsafe fn closed_free(&self) {
+        if self.life.late.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: `settle` added the outstanding count and every one of them is now freed.
+            unsafe { Self::teardown(self.pool_ptr()) };
+        }
+    }
+
+    /// Counts what is still out, once, after the close.
+    ///
+    /// # Safety
+    /// Called exactly once, after the close, with no foreign free in flight.
+    unsafe fn settle(&self) {
+        let out = self.snapshot().total().outstanding;
+        let out = isize::try_from(out).unwrap_or(isize::MAX);
+        if self.life.late.fetch_add(out, Ordering::AcqRel) + out == 0 {
+            // SAFETY: nothing is out, no thread is a core, no foreign free is in flight.
+            unsafe { Self::teardown(self.pool_ptr()) };
+        }
+    }
+
+    /// Frees every slab and the pool itself.
+    ///
+    /// # Safety
+    /// Nothing refers to the pool any more: no handle, no buffer, no free in progress.
+    unsafe fn teardown(pool: NonNull<Inner>) {
+        // SAFETY: the contract: we are the last user; the Box came from `Pool::new`.
+        let mut inner = unsafe { Box::from_raw(pool.as_ptr()) };
+        #[cfg(krpc_loom)]
+        {
+            TEARDOWNS.fetch_add(1, Ordering::SeqCst);
+            inner.drop_nodes();
+        }
+        for core in inner.cores.iter_mut() {
+            // SAFETY: exclusive (the contract).
+            let slabs = core
+                .owner
+                .slabs
+                .with_mut(|s| unsafe { std::mem::take(&mut *s) });
+            for slab in slabs {
+                // SAFETY: every block of the slab is on some list or was never carved, and
+                // nothing will read them again.
+                unsafe { slab::free_slab(slab) };
+            }
+        }
+    }
+
+    /// Under loom, nodes carry cells with tracking state: end each node's life before the
+    /// memory goes.
+    #[cfg(krpc_loom)]
+    fn drop_nodes(&mut self) {
+        use crate::list::Node;
+        let mut nodes = Vec::new();
+        for core in self.cores.iter() {
+            // SAFETY: exclusive (teardown's contract).
+            core.owner.free.with_mut(|f| unsafe {
+                for stack in (*f).iter_mut() {
+                    nodes.extend(stack.drain_nodes());
+                }
+            });
+            // SAFETY: as above.
+            core.owner.outbox.with_mut(|o| unsafe {
+                for chain in (*o).iter_mut() {
+                    nodes.extend(chain.take_all());
+                }
+            });
+            nodes.extend(core.defer.take_all());
+            nodes.extend(core.returned.take_all());
+        }
+        for chain in lock(&self.global).lists.iter_mut() {
+            nodes.extend(chain.take_all());
+        }
+        for node in nodes {
+            // SAFETY: taken off every list, ours.
+            unsafe { Node::into_block(node) };
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            cores: self
+                .cores
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    read_core(
+                        i,
+                        &c.owner.stats,
+                        &c.shared.stats,
+                        c.cached_bytes(),
+                        self.cores.iter().map(|c| &c.owner.stats),
+                    )
+                })
+                .collect(),
+            unregistered_allocs: self.unregistered_allocs.get(),
+        }
+    }
+
+    /// The calling thread's core, if it is a core of this pool.
+    #[inline(always)]
+    pub(crate) fn local_core(&self) -> Option<&Core> {
+        let here = current();
+        // SAFETY: CURRENT is set only while the thread's CoreHandle lives (it is cleared when
+        // the handle drops), so a non-null pointer is a live core of an open pool.
+        let here = unsafe { here.as_ref() }?;
+        (here.owner.pool == self.pool_ptr()).then_some(here)
+    }
+}
+
+/// What two back-to-back `Instant::now()` cost here (the least of a few tries).
+fn clock_cost_ns() -> u64 {
+    (0..16)
+        .map(|_| {
+            let t = Instant::now();
+            u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// A buffer pool. Cheap to clone (all clones are the same pool).
-#[derive(Clone)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    inner: NonNull<Inner>,
 }
+
+// SAFETY: `Inner` is Send + Sync and the handle only reaches it through `&`.
+unsafe impl Send for Pool {}
+// SAFETY: as above.
+unsafe impl Sync for Pool {}
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("config", &self.shared.config)
+            .field("config", &self.inner().config)
             .finish()
     }
 }
 
+impl Clone for Pool {
+    fn clone(&self) -> Self {
+        self.inner().acquire();
+        Self { inner: self.inner }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: we held a handle and do not touch the pool again.
+        unsafe { self.inner.as_ref().release() }
+    }
+}
+
 /// Why a thread could not become a core of the pool.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
     /// The core index is not below the pool's core count.
+    #[error("core {core} out of range (pool has {cores})")]
     NoSuchCore { core: usize, cores: usize },
     /// Another thread is this core.
+    #[error("core {core} is already registered by another thread")]
     CoreTaken { core: usize },
     /// This thread already is a core (of this or another pool).
+    #[error("this thread is already registered as a pool core")]
     ThreadRegistered,
 }
 
-impl std::fmt::Display for RegisterError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NoSuchCore { core, cores } => {
-                write!(f, "core {core} out of range (pool has {cores})")
-            }
-            Self::CoreTaken { core } => {
-                write!(f, "core {core} is already registered by another thread")
-            }
-            Self::ThreadRegistered => {
-                f.write_str("this thread is already registered as a pool core")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RegisterError {}
-
 impl Pool {
     pub fn new(config: Config) -> Self {
-        let cores = config.cores.max(1);
-        let shared = Shared {
-            id: NEXT_POOL_ID.fetch_add(1, Relaxed),
-            config: Config { cores, ..config },
-            cores: (0..cores)
-                .map(|_| {
-                    CachePadded::new(CoreState {
-                        owned: AtomicBool::new(false),
-                        lists: StdUnsafeCell::new(Default::default()),
-                        defer: DeferList::new(),
-                        waker: AtomicWaker::new(),
-                        stats: Counters::default(),
-                    })
-                })
-                .collect(),
+        let config = Config {
+            cores: config.cores.max(1),
+            defer_max: config.defer_max.max(1),
+            ..config
+        };
+        let mut inner = Box::new(Inner {
+            cores: (0..config.cores).map(|i| Core::new(i, &config)).collect(),
+            config,
             global: Mutex::new(GlobalLists {
-                lists: Default::default(),
+                lists: std::array::from_fn(|_| Chain::new()),
                 bytes: 0,
             }),
-            unregistered_allocs: AtomicU64::new(0),
-        };
-        Self {
-            shared: Arc::new(shared),
+            life: CachePadded::new(Life {
+                handles: AtomicUsize::new(1),
+                state: AtomicUsize::new(0),
+                late: AtomicIsize::new(0),
+            }),
+            unregistered_allocs: SharedCounter::default(),
+            clock_ns: clock_cost_ns(),
+        });
+        let ptr = NonNull::from(&mut *inner);
+        for core in inner.cores.iter_mut() {
+            core.owner.pool = ptr;
         }
+        Self {
+            inner: NonNull::from(Box::leak(inner)),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        // SAFETY: this handle keeps the pool open, and an open pool is not freed.
+        unsafe { self.inner.as_ref() }
     }
 
     pub fn config(&self) -> &Config {
-        &self.shared.config
+        &self.inner().config
     }
 
     /// Makes the calling thread core `core` of this pool until the handle is dropped.
     pub fn register_current_thread(&self, core: usize) -> Result<CoreHandle, RegisterError> {
-        let cores = self.shared.cores.len();
-        if core >= cores {
-            return Err(RegisterError::NoSuchCore { core, cores });
-        }
-        if CURRENT.get().0 != 0 {
+        let inner = self.inner();
+        let cores = inner.cores.len();
+        let state = inner
+            .cores
+            .get(core)
+            .ok_or(RegisterError::NoSuchCore { core, cores })?;
+        if !current().is_null() {
             return Err(RegisterError::ThreadRegistered);
         }
-        self.shared.cores[core]
+        // Acquire: the previous owner's writes to the owner half happen-before ours.
+        state
+            .shared
             .owned
-            .compare_exchange(false, true, Acquire, Relaxed)
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| RegisterError::CoreTaken { core })?;
-        CURRENT.set((self.shared.id, core));
+        CURRENT.with(|c| c.set(state));
         let handle = CoreHandle {
-            shared: self.shared.clone(),
-            core,
+            pool: self.clone(),
+            core: NonNull::from(state),
             _not_send: PhantomData,
         };
         // Buffers a previous owner left on the defer list.
@@ -559,38 +505,53 @@ impl Pool {
         Ok(handle)
     }
 
-    /// A buffer of `len` bytes from the calling thread's core (its free list, else the
-    /// allocator). On a thread that is no core of this pool, a plain heap buffer.
+    /// A buffer of `len` zeroed bytes from the calling thread's core (one thread-local read
+    /// finds it). On a thread that is no core of this pool, a plain heap buffer.
     pub fn alloc(&self, len: usize) -> PoolBuf {
-        self.shared.alloc(len, Init::Zero, None)
+        self.alloc_init(len, Init::Zero)
     }
 
     /// A buffer holding a copy of `data` (one copy: the block is not zeroed first).
+    #[inline]
     pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
-        self.shared.alloc(data.len(), Init::Copy(data), None)
+        self.alloc_init(data.len(), Init::Copy(data))
+    }
+
+    #[inline(always)]
+    pub(crate) fn alloc_init(&self, len: usize, init: Init<'_>) -> PoolBuf {
+        let inner = self.inner();
+        match inner.local_core() {
+            // SAFETY: the thread is registered as this core: it holds the claim.
+            Some(core) => unsafe { inner.alloc_on(core, len, init, None) },
+            None => {
+                inner.unregistered_allocs.add(1);
+                PoolBuf::heap(init.to_boxed(len), None)
+            }
+        }
     }
 
     /// A connection's handle, for the `per-conn` strategy (other strategies ignore it).
     pub fn conn(&self) -> crate::ConnHandle {
-        let core = self.shared.current_core().unwrap_or(0);
-        crate::ConnHandle::new(self.shared.clone(), core)
+        let core = self.inner().local_core().map_or(0, Core::index);
+        crate::ConnHandle::new(self.clone(), core)
     }
 
-    /// Drains the defer lists of cores that no thread owns any more (buffers pushed while their
-    /// owner was leaving). Returns how many buffers it moved.
+    /// Drains the defer lists of cores that no thread owns any more (buffers handed over while
+    /// their owner was leaving). Returns how many buffers it moved.
     pub fn drain_orphans(&self) -> usize {
+        let inner = self.inner();
         let mut n = 0;
-        for (core, state) in self.shared.cores.iter().enumerate() {
-            if state
-                .owned
-                .compare_exchange(false, true, Acquire, Relaxed)
+        for core in inner.cores.iter() {
+            let owned = &core.shared.owned;
+            if owned
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                if state.defer.len() > 0 {
-                    // SAFETY: we hold the core's claim, so no thread owns its lists.
-                    n += unsafe { self.shared.drain_core(core) };
+                if core.defer.len() > 0 {
+                    // SAFETY: we hold the core's claim.
+                    n += unsafe { inner.drain(core) };
                 }
-                state.owned.store(false, Release);
+                owned.store(false, Ordering::Release);
             }
         }
         n
@@ -598,63 +559,86 @@ impl Pool {
 
     /// Every core's counters.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            cores: self
-                .shared
-                .cores
-                .iter()
-                .map(|c| c.stats.snapshot())
-                .collect(),
-            unregistered_allocs: self.shared.unregistered_allocs.load(Relaxed),
-        }
+        self.inner().snapshot()
     }
 }
 
-/// Proof that the calling thread is core `core` of a pool: the owner side of the core's lists
-/// (the remote side is any `PoolBuf` drop). Not `Send`: it is the thread's identity.
+/// The owner side of one core: the calling thread *is* that core until the handle drops. It
+/// allocates without any lookup, and drains what other cores freed for it. Not `Send`: it is
+/// the thread's identity (tokio's `Local` run-queue handle, against the `Steal` side that any
+/// thread may use — here, any `PoolBuf` drop).
 pub struct CoreHandle {
-    shared: Arc<Shared>,
-    core: usize,
+    pool: Pool,
+    core: NonNull<Core>,
     _not_send: PhantomData<*const ()>,
 }
 
 impl std::fmt::Debug for CoreHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoreHandle")
-            .field("core", &self.core)
+            .field("core", &self.core())
             .finish()
     }
 }
 
 impl CoreHandle {
-    pub fn core(&self) -> usize {
-        self.core
+    fn state(&self) -> &Core {
+        // SAFETY: the core lives inside the pool, which this handle keeps open.
+        unsafe { self.core.as_ref() }
     }
 
-    /// End of batch: moves buffers other cores freed for this core onto its free lists. A
-    /// runtime calls it when it runs out of ready work (tokio: the park hook).
+    pub fn core(&self) -> usize {
+        self.state().index()
+    }
+
+    /// A buffer of `len` zeroed bytes.
+    pub fn alloc(&self, len: usize) -> PoolBuf {
+        // SAFETY: this handle exists only on the thread that holds the core's claim.
+        unsafe {
+            self.pool
+                .inner()
+                .alloc_on(self.state(), len, Init::Zero, None)
+        }
+    }
+
+    /// A buffer holding a copy of `data`: the owner's fast path, no lookup of any kind.
+    #[inline]
+    pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
+        // SAFETY: as in `alloc`.
+        unsafe {
+            self.pool
+                .inner()
+                .alloc_on(self.state(), data.len(), Init::Copy(data), None)
+        }
+    }
+
+    /// End of batch: hands the frees this core collected for other cores over (one atomic per
+    /// destination), and moves the buffers other cores handed back to this core's free lists.
+    /// A runtime calls it when it runs out of ready work (tokio: the park hook).
     pub fn drain(&self) -> usize {
-        // SAFETY: this handle exists only on the thread registered as `core`.
-        unsafe { self.shared.drain_core(self.core) }
+        // SAFETY: as in `alloc`.
+        unsafe { self.pool.inner().drain(self.state()) }
     }
 
     /// Buffers waiting on this core's defer list.
     pub fn pending(&self) -> usize {
-        self.shared.cores[self.core].defer.len()
+        self.state().defer.len()
     }
 
     /// Wakes `waker` when another core's free fills this core's defer list to half.
-    pub fn register_waker(&self, waker: &Waker) {
-        self.shared.cores[self.core].waker.register(waker);
+    pub fn register_waker(&self, waker: &std::task::Waker) {
+        self.state().register_waker(waker);
     }
 }
 
 impl Drop for CoreHandle {
     fn drop(&mut self) {
         self.drain();
-        CURRENT.set((0, 0));
-        // From here on, frees for this core go to the allocator (nobody would drain them);
-        // a push racing with this store is picked up by the next owner or `drain_orphans`.
-        self.shared.cores[self.core].owned.store(false, Release);
+        CURRENT.with(|c| c.set(ptr::null()));
+        // Release: our owner-half writes happen-before the next claimer's Acquire. From here
+        // on, frees for this core go the allocator's way (its returned list); a hand-over that
+        // raced with this store is collected by the next owner, `drain_orphans`, or teardown.
+        self.state().shared.owned.store(false, Ordering::Release);
+        // `self.pool` is released after this.
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{sync::Barrier, thread};
 
-use krpc_pool::{Config, Pool, PoolBuf, Strategy};
+use krpc_pool::{Config, Pool, PoolBuf, SLAB_SIZE, Strategy};
 use proptest::prelude::*;
 use proptest::strategy::Strategy as Generator;
 
@@ -99,7 +99,7 @@ proptest! {
     fn books_balance_for_every_strategy(
         strategy in prop::sample::select(Strategy::ALL.to_vec()),
         defer_max in 1usize..16,
-        cap in prop::sample::select(vec![0usize, 2048, 1 << 20]),
+        cap in prop::sample::select(vec![0usize, SLAB_SIZE, 4 * SLAB_SIZE]),
         scripts in prop::collection::vec(prop::collection::vec(op(), 0..60), 3),
     ) {
         run(strategy, defer_max, cap, scripts).map_err(TestCaseError::fail)?;

@@ -21,7 +21,6 @@ pub use handoff::Handoff;
 pub use krpc_pool::Strategy;
 pub use limits::{Limits, MaybeDuration, parse_nonzero_size, parse_size};
 pub use listen::bind;
-pub use metrics::{latency_histogram, serve_prometheus};
 pub use rpc_layer::ConnCtx;
 pub use runtime::{RuntimeMode, Server, ServerError, ServerInfo};
 pub use serve::ServeTotals;

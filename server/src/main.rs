@@ -21,6 +21,11 @@ use krpc_transport::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// `--features mimalloc`: mimalloc serves every allocation the pool does not.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// krpc gRPC server: small RPCs over TLS 1.3, in user space (rustls) or in the kernel (kTLS).
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
@@ -104,7 +109,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return krpc_client::usage_error("krpc-server", e),
+        Err(e) => return krpc_telemetry::usage_error("krpc-server", e),
     };
     let result = match cli.command {
         Some(Command::GenCerts { out, names }) => gen_certs(&out, &names),
@@ -131,7 +136,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "krpc-server: error: {}",
-                krpc_client::error_chain(e.as_ref())
+                krpc_telemetry::error_chain(e.as_ref())
             );
             ExitCode::FAILURE
         }

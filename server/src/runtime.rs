@@ -201,7 +201,7 @@ impl Server {
         listener: std::net::TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        crate::metrics::serve_prometheus(listener, self.metrics.registry(), shutdown)
+        krpc_telemetry::serve_prometheus(listener, self.metrics.registry(), shutdown)
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, sends every connection
@@ -252,7 +252,7 @@ impl Server {
                 // Workers become pool cores 0..cores as they start (tokio starts them all when
                 // the runtime is built); later threads (blocking pool) are no core.
                 let next = Arc::new(AtomicUsize::new(0));
-                let pool = self.pool.clone();
+                let (pool, metrics) = (self.pool.clone(), self.metrics.clone());
                 let runtime = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(cores)
                     .thread_name("krpc-worker")
@@ -260,9 +260,13 @@ impl Server {
                         let core = next.fetch_add(1, Ordering::Relaxed);
                         if core < cores {
                             register_or_warn(&pool, core);
+                            WORKER_CPU.set(Some(metrics.runtime_thread(core)));
                         }
                     })
-                    .on_thread_stop(cores::unregister)
+                    .on_thread_stop(|| {
+                        cores::unregister();
+                        WORKER_CPU.take();
+                    })
                     .on_thread_park(cores::drain)
                     .enable_all()
                     .build()
@@ -273,10 +277,12 @@ impl Server {
                     .enumerate()
                     .map(|(i, jobs)| {
                         let (pool, jobs) = (self.pool.clone(), jobs.take());
+                        let metrics = self.metrics.clone();
                         let core = cores + i;
                         thread::Builder::new()
                             .name(format!("krpc-owner-{i}"))
                             .spawn(move || {
+                                let _cpu = metrics.runtime_thread(core);
                                 let runtime = current_thread_runtime(&pool, core)?;
                                 if let Some(jobs) = jobs {
                                     runtime.block_on(run_owner(jobs));
@@ -315,6 +321,7 @@ impl Server {
                                 if let Some(cpu) = cpu {
                                     pin_to(cpu);
                                 }
+                                let _cpu = server.setup.metrics.runtime_thread(core);
                                 let runtime = current_thread_runtime(&server.setup.pool, core)?;
                                 let served = runtime.block_on(server.serve(listener, shutdown));
                                 drop(runtime);
@@ -329,6 +336,13 @@ impl Server {
             }
         }
     }
+}
+
+thread_local! {
+    /// A work-stealing worker's CPU clock registration (tokio's start/stop hooks are closures
+    /// without a place to keep it).
+    static WORKER_CPU: std::cell::RefCell<Option<krpc_telemetry::cpu::ThreadClockGuard>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// A pinned core's runtime: current-thread, the thread registered as pool core `core`,

@@ -1,10 +1,11 @@
 //! The Prometheus endpoint: every metric family it exposes is documented in docs/metrics.md,
 //! protobuf is negotiated for Prometheus (native histograms) and text for everyone else, and
-//! the endpoint answers only /metrics.
+//! the endpoint answers only /metrics; the server's CPU time is counted per core.
 
 mod common;
 
 use common::{Options, TestServer, drive};
+use krpc_server::{Handoff, RuntimeMode};
 use krpc_transport::TlsPath;
 
 const PROTOBUF_ACCEPT: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3";
@@ -86,4 +87,63 @@ async fn prometheus_gets_protobuf_and_others_get_text() {
         other => panic!("expected 404, got {other:?}"),
     }
     server.stop().await.unwrap();
+}
+
+/// `name{core="i"}` samples of a text exposition, as (core, value).
+fn per_core(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix("{core=\""))
+        .map(|rest| {
+            let (core, value) = rest.split_once("\"} ").unwrap();
+            (core.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+fn process_cpu() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).unwrap();
+    t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_cpu_is_counted_per_core_and_only_the_runtime_threads() {
+    for (runtime, handoff, cores) in [
+        (
+            RuntimeMode::ThreadPerCore,
+            Handoff::Owner,
+            ["0", "1"].as_slice(),
+        ),
+        // Work-stealing with owner handoff: two workers and two key-owner threads.
+        (
+            RuntimeMode::WorkStealing,
+            Handoff::Owner,
+            &["0", "1", "2", "3"],
+        ),
+    ] {
+        let server = TestServer::start(Options {
+            runtime,
+            handoff,
+            ..Options::tls(TlsPath::Off)
+        });
+        let before = per_core(&server.scrape(), "krpc_server_cpu_seconds_total");
+        let process_before = process_cpu();
+        drive(server.plain_channel().await, 2_000, 8).await;
+        let process_used = process_cpu() - process_before;
+        let after = per_core(&server.scrape(), "krpc_server_cpu_seconds_total");
+        let labels: Vec<&str> = after.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(labels, cores, "{runtime:?}");
+        let used: f64 =
+            after.iter().map(|(_, v)| v).sum::<f64>() - before.iter().map(|(_, v)| v).sum::<f64>();
+        // The runtime threads did the serving; they are part of this process, whose clock
+        // also counts the client and the test: more than nothing, less than the whole.
+        assert!(used > 0.0, "{runtime:?}: {before:?} -> {after:?}");
+        assert!(
+            used <= process_used + 1e-3,
+            "{runtime:?}: runtime threads {used} s > process {process_used} s"
+        );
+        for ((_, b), (core, a)) in before.iter().zip(&after) {
+            assert!(a >= b, "{runtime:?}: core {core} went backwards");
+        }
+        server.stop().await.unwrap();
+    }
 }

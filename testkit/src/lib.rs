@@ -1,6 +1,11 @@
 //! Test support: Debian's `prometheus` as a child process on a free loopback port, its
 //! readiness, and instant queries through its HTTP API. The process is killed (by PID) and
-//! reaped when the handle drops, so a failing test never leaves it behind.
+//! reaped when the handle drops, so a failing test never leaves it behind. And Debian's
+//! `chromium`, headless, for what a report looks like once a browser has loaded it.
+
+mod chromium;
+
+pub use chromium::{chromium_binary, dump_dom};
 
 use std::{
     collections::BTreeMap,

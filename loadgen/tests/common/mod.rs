@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use krpc_loadgen::{
-    run::{Arrival, Mode, RunConfig},
-    workload::{Method, Mix, Workload},
+    run::{Mode, RunConfig},
+    workload::{Arrival, Method, Mix, Workload},
 };
 use krpc_transport::Connector;
 

@@ -1,6 +1,7 @@
-//! The patterns both bench binaries run: one core alloc+free, and mimalloc-bench's xmalloc-test
-//! pattern (producers allocate, consumers on other threads free), with the pool or with plain
-//! `Vec<u8>` from the global allocator (glibc here, mimalloc in `pool_mimalloc`).
+//! The patterns both bench binaries run: one core alloc+free, the server's codec path (copy
+//! into a buffer, `Bytes`, slices, drop), and mimalloc-bench's xmalloc-test pattern (producers
+//! allocate, consumers on other threads free), with the pool or with plain `Vec<u8>`/`Bytes`
+//! from the global allocator (glibc here, mimalloc in `pool_mimalloc`).
 
 #![allow(dead_code, unreachable_pub)] // shared by two bench binaries, each using part of it
 
@@ -11,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::{Buf, Bytes};
 use krpc_pool::{Config, Pool, Strategy};
 
 /// Message size: a small RPC.
@@ -21,13 +23,13 @@ pub static MESSAGE: [u8; SIZE] = [0x5a; SIZE];
 /// Buffers handed over per message between threads (a receive batch).
 pub const BATCH: usize = 64;
 
-/// `iters` alloc+free pairs on one registered core.
+/// `iters` alloc+copy+free of one 512-byte message through the owner's handle.
 pub fn pool_one_core(strategy: Strategy, iters: u64) -> Duration {
     let pool = Pool::new(Config::new(strategy, 1));
     let core = pool.register_current_thread(0).expect("fresh thread");
     let start = Instant::now();
     for _ in 0..iters {
-        black_box(pool.alloc_copy(black_box(&MESSAGE)));
+        black_box(core.alloc_copy(black_box(&MESSAGE)));
     }
     let elapsed = start.elapsed();
     drop(core);
@@ -38,6 +40,50 @@ pub fn vec_one_core(iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         black_box(black_box(&MESSAGE).to_vec());
+    }
+    start.elapsed()
+}
+
+/// What prost does with a request in `Bytes`: each `bytes` field is `copy_to_bytes`, a
+/// `split_to` of the input (an EchoRequest: key at 2..9, payload at 12..512); then the
+/// handler drops the fields.
+fn decode_like_prost(mut wire: Bytes) {
+    wire.advance(2);
+    let key = wire.split_to(7);
+    wire.advance(3);
+    let payload = wire.split_to(SIZE - 12);
+    drop(wire);
+    black_box((&key, &payload));
+}
+
+/// The server's per-request path: copy the message into a pool buffer of the calling core
+/// (found through the thread-local the codec uses), make it `Bytes` (`into_bytes`), decode
+/// fields as slices, drop them.
+pub fn pool_codec_path(strategy: Strategy, iters: u64) -> Duration {
+    let pool = Pool::new(Config::new(strategy, 1));
+    let core = pool.register_current_thread(0).expect("fresh thread");
+    let conn = pool.conn();
+    let start = Instant::now();
+    for _ in 0..iters {
+        let buf = match strategy {
+            Strategy::PerConn => {
+                conn.drain();
+                conn.alloc_copy(black_box(&MESSAGE))
+            }
+            _ => pool.alloc_copy(black_box(&MESSAGE)),
+        };
+        decode_like_prost(buf.into_bytes());
+    }
+    let elapsed = start.elapsed();
+    drop((conn, core));
+    elapsed
+}
+
+/// The same with `Bytes::copy_from_slice` from the global allocator.
+pub fn bytes_codec_path(iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        decode_like_prost(Bytes::copy_from_slice(black_box(&MESSAGE)));
     }
     start.elapsed()
 }
@@ -105,7 +151,22 @@ impl Source for PoolSource {
         {
             h.drain();
         }
-        core.conn.alloc_copy(&MESSAGE)
+        match (&core.handle, self.0.config().strategy) {
+            (Some(h), strategy) if strategy != Strategy::PerConn => h.alloc_copy(&MESSAGE),
+            _ => core.conn.alloc_copy(&MESSAGE),
+        }
+    }
+
+    /// A parked runtime is woken by a kick and drains (tokio: the kick task's waker).
+    fn while_parked(&self, core: &PoolCore) {
+        if core
+            .kicked
+            .0
+            .swap(false, std::sync::atomic::Ordering::Acquire)
+            && let Some(h) = &core.handle
+        {
+            h.drain();
+        }
     }
 
     /// The end of a receive batch: the core drains its defer list, the connection its own.

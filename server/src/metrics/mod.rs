@@ -3,12 +3,12 @@
 //! the kernel's kTLS counters and build info.
 //! Every metric is documented in docs/metrics.md; keep the two in step.
 //!
-//! Served on its own port (`--metrics-listen`) by a small HTTP/1 server on its own thread, so a
-//! scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
+//! Served on its own port (`--metrics-listen`) by krpc-telemetry's small HTTP/1 server on its own
+//! thread, so a scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
 //! histograms) gets the delimited protobuf format; everyone else gets OpenMetrics text.
 
 mod admission;
-mod http;
+mod cpu;
 mod kernel;
 mod pool;
 
@@ -21,44 +21,21 @@ use krpc_pool::Pool;
 use krpc_transport::TlsPath;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, NativeHistogramConfig, exponential_buckets},
-        info::Info,
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
 
-pub use http::serve_prometheus;
+use krpc_telemetry::{
+    CODES,
+    cpu::{ThreadClockGuard, ThreadClocks},
+    latency_histogram,
+};
 
 use crate::{ServerInfo, accept::Admission, accept::Refusal, conn::Reason};
 
 /// The methods of the Bench service, as the `method` label spells them; anything else
 /// (health, reflection, unknown paths) is `other`, so a scanner cannot blow up the series count.
 pub(crate) const METHODS: [&str; 6] = ["Echo", "Put", "Get", "EchoStream", "Info", "other"];
-
-/// gRPC status code names, indexed by code number (the `code` label).
-pub(crate) const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// Index into [`METHODS`] for a request path.
 pub(crate) fn method_index(path: &str) -> usize {
@@ -93,16 +70,6 @@ struct KindLabels {
 
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
-/// The latency histogram of every krpc RPC metric, server's and load generator's alike, so
-/// their buckets line up on one dashboard. Classic: 25 µs to ~6.6 s, doubling. Native: factor
-/// 1.1 (schema 3), enough resolution for p99.9 on loopback latencies, at most 160 buckets.
-pub fn latency_histogram() -> Histogram {
-    Histogram::new_classic_and_native(
-        exponential_buckets(25e-6, 2.0, 19),
-        NativeHistogramConfig::new(1.1).max_buckets(160),
-    )
-}
-
 /// The server's metrics. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -125,6 +92,8 @@ struct Inner {
     closed: Family<ReasonLabels, Counter>,
     accept_errors: Family<KindLabels, Counter>,
     cut_off: Counter,
+    /// The runtime threads, by pool core: `krpc_server_cpu_seconds_total`.
+    cpu: ThreadClocks,
 }
 
 impl Metrics {
@@ -214,6 +183,10 @@ impl Metrics {
             tls_stat: kernel::TLS_STAT.into(),
             nics: krpc_transport::nic_tls_offload,
         }));
+        let cpu = ThreadClocks::new();
+        registry.register_collector(Box::new(cpu::CpuCollector {
+            clocks: cpu.clone(),
+        }));
         let slots = pool_slots(info);
         Self {
             inner: Arc::new(Inner {
@@ -229,6 +202,7 @@ impl Metrics {
                 closed,
                 accept_errors,
                 cut_off,
+                cpu,
             }),
         }
     }
@@ -300,6 +274,12 @@ impl Metrics {
             .accept_errors
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    /// Counts the calling thread's CPU time as pool core `core`'s until the guard drops (keep
+    /// it on the thread).
+    pub(crate) fn runtime_thread(&self, core: usize) -> ThreadClockGuard {
+        self.inner.cpu.register_current(core.to_string())
     }
 
     /// The registry behind these metrics.

@@ -27,7 +27,7 @@ impl Collector for PoolCollector {
             [("strategy", self.strategy), ("core", cores[core].as_str())]
         };
         type Field = fn(&krpc_pool::CoreStats) -> u64;
-        let counters: [(&str, &str, Field); 11] = [
+        let counters: [(&str, &str, Field); 13] = [
             (
                 "pool_allocs",
                 "Buffers handed out (pooled and large)",
@@ -38,8 +38,18 @@ impl Collector for PoolCollector {
             }),
             (
                 "pool_misses",
-                "Allocations that found the free list empty and went to the allocator",
+                "Allocations that found the free list empty (reclaimed, fresh slab block, or heap)",
                 |c| c.misses,
+            ),
+            (
+                "pool_reclaimed_blocks",
+                "Blocks a miss took back from the core's returned list",
+                |c| c.reclaimed,
+            ),
+            (
+                "pool_fallback_allocs",
+                "Misses served by the heap because the core's slab memory is at its cap",
+                |c| c.fallback_allocs,
             ),
             (
                 "pool_large_allocs",
@@ -58,7 +68,7 @@ impl Collector for PoolCollector {
             ),
             (
                 "pool_overflow_frees",
-                "Frees returned to the allocator (memory cap, full defer list, large buffer, no owner)",
+                "Frees that went the allocator's way (memory cap, full defer list, no owner, heap buffers)",
                 |c| c.overflow_frees,
             ),
             (
@@ -68,7 +78,7 @@ impl Collector for PoolCollector {
             ),
             (
                 "pool_drain_trimmed_buffers",
-                "Drained buffers returned to the allocator because the free list was at its cap",
+                "Drained buffers sent the allocator's way because the free list was at its cap",
                 |c| c.drain_trimmed,
             ),
             ("pool_drains", "Drain calls, empty ones included", |c| {
@@ -87,12 +97,15 @@ impl Collector for PoolCollector {
             }
         }
         type Signed = fn(&krpc_pool::CoreStats) -> i64;
-        let gauges: [(&str, &str, Signed); 3] = [
+        let gauges: [(&str, &str, Signed); 4] = [
             (
                 "pool_cached_bytes",
                 "Bytes held in the core's free lists",
                 |c| c.bytes_cached,
             ),
+            ("pool_slab_bytes", "Slab memory the core has carved", |c| {
+                c.slab_bytes as i64
+            }),
             (
                 "pool_outstanding_buffers",
                 "Buffers allocated on this core and not yet freed",
@@ -135,7 +148,7 @@ impl Collector for PoolCollector {
         }
         let mut family = encoder.encode_descriptor(
             "pool_free_duration_seconds",
-            "Duration of the free path (the strategy), one free in 64 per thread timed",
+            "Duration of the free path (the strategy), each free timed with probability 1/256",
             None,
             MetricType::Histogram,
         )?;
@@ -155,6 +168,16 @@ impl Collector for PoolCollector {
                     &buckets,
                     None,
                 )?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "pool_free_path_seconds",
+            "Estimated CPU time in the pool's free path (sampled frees scaled to all, plus drains)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (core, stats) in snapshot.cores.iter().enumerate() {
+            ConstCounter::new(stats.free_path_ns() * 1e-9)
+                .encode(family.encode_family(&labels(core))?)?;
         }
         let unregistered = ConstCounter::new(snapshot.unregistered_allocs);
         unregistered.encode(encoder.encode_descriptor(

@@ -1,19 +1,17 @@
-//! krpc-loadgen against real servers: the asked rate kept, errors counted by code, results
+//! krpc-loadgen against real krpc-servers: the asked rate kept, errors counted by code, results
 //! and interval logs merged exactly, one plotted line per run in the HTML report. (The wrk2
-//! property is in coordinated_omission.rs: its own binary, so no other test shares the CPUs.)
+//! property is in loadgen/tests/coordinated_omission.rs: its own binary, so no other test shares
+//! the CPUs.)
 
 use std::{net::SocketAddr, thread, time::Duration};
 
-mod common;
-
-use common::open_loop;
 use krpc_loadgen::{
     interval::IntervalLog,
     merge::{merge_logs, merge_results},
     report,
     result::RunResult,
-    run::{Arrival, Mode, RunConfig, run},
-    workload::{Method, Mix, Workload},
+    run::{Mode, RunConfig, run},
+    workload::{Arrival, Method, Mix, Workload},
 };
 use krpc_server::{RuntimeMode, Server, ServerInfo};
 use krpc_transport::{Acceptor, KtlsSupport, TlsMode};
@@ -62,13 +60,26 @@ fn plain_info() -> ServerInfo {
     )
 }
 
+/// Plaintext open loop: `rate` RPC/s of 64-byte Echo over 16 keys, one connection with one RPC
+/// in flight, `seconds` measured after 300 ms of warmup. Tests adjust fields from here.
 fn config(addr: SocketAddr, rate: f64, seconds: u64) -> RunConfig {
-    open_loop(
-        addr,
-        rate,
-        Duration::from_secs(seconds),
-        Duration::from_millis(300),
-    )
+    RunConfig {
+        target: addr.to_string(),
+        connector: krpc_transport::Connector::plaintext(),
+        mode: Mode::Open {
+            rate,
+            arrival: Arrival::Uniform,
+        },
+        connections: 1,
+        concurrency: 1,
+        duration: Duration::from_secs(seconds),
+        warmup: Duration::from_millis(300),
+        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
+        label: None,
+        hdr_log: None,
+        progress: false,
+        metrics: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

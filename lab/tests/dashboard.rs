@@ -21,8 +21,8 @@ use bytes::Bytes;
 use krpc_client::TlsArgs;
 use krpc_loadgen::{
     metrics::LoadgenMetrics,
-    run::{Arrival, Mode, RunConfig, run},
-    workload::{Mix, Workload},
+    run::{Mode, RunConfig, run},
+    workload::{Arrival, Mix, Workload},
 };
 use krpc_proto::v1::EchoRequest;
 use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
@@ -103,7 +103,7 @@ async fn every_dashboard_query_returns_data() {
         }));
         threads.push(thread::spawn({
             let (registry, shutdown) = (loadgen_metrics.registry(), shutdown.clone());
-            move || krpc_server::serve_prometheus(loadgen_listener, registry, shutdown).unwrap()
+            move || krpc_telemetry::serve_prometheus(loadgen_listener, registry, shutdown).unwrap()
         }));
         threads.push(thread::spawn({
             let shutdown = shutdown.clone();

@@ -1,0 +1,443 @@
+//! The free path: what dropping a buffer does, by strategy, and the drains that bring deferred
+//! buffers home. A block's pool, owning core and class come from its slab header; the freeing
+//! thread's core from one thread-local read.
+//!
+//! | strategy | free on the owning core | free on another core |
+//! |---|---|---|
+//! | `global` | the shared list, under its lock | the same |
+//! | `local` | the core's own list | the freeing core's list (the block stays there) |
+//! | `per-conn` | the connection's defer list | the same |
+//! | `per-core` | the core's own list | the freeing core's outgoing batch for the owner, handed over with one CAS per batch |
+//!
+//! Past a bound (the memory cap, a full defer list) or with nobody to give it to, a block goes
+//! the allocator's way: onto its owning core's returned list, reclaimed on that core's next
+//! miss (the user-space `kfree` from another cpu, which lands on the slab's own free list).
+
+#![allow(unsafe_code)] // one of the pool's fenced unsafe parts (lib.rs)
+
+use std::{ptr::NonNull, time::Instant};
+
+use crate::{
+    SIZE_CLASSES, Strategy,
+    conn::ConnRef,
+    core::Core,
+    list::{self, Chain, Node},
+    pool::{Inner, current},
+    slab::{self, SlabHeader},
+};
+
+/// Frees a pooled block (a `PoolBuf` drop).
+///
+/// # Safety
+/// `block` is an outstanding block of a pool, allocated on core `origin`; it is not used
+/// again.
+#[inline(always)]
+pub(crate) unsafe fn free_block(block: NonNull<u8>, origin: usize, conn: Option<ConnRef>) {
+    // SAFETY: the block is outstanding, so its slab (and pool) are alive (see pool.rs).
+    let header = unsafe { slab::header_of(block) };
+    // SAFETY: a non-null CURRENT is a live core of an open pool (see `Inner::local_core`).
+    match unsafe { current().as_ref() } {
+        Some(here) if here.owner.pool == header.pool => {
+            // SAFETY: owner-only state of the calling thread's own core.
+            let left = here.owner.sample.with_mut(|s| unsafe {
+                (*s).left -= 1;
+                (*s).left
+            });
+            if left != 0 {
+                // SAFETY: forwarded contract; `here` is ours.
+                unsafe { core_free(here, header, block, origin, conn) }
+            } else {
+                // SAFETY: as above.
+                unsafe { timed_free(here, header, block, origin, conn) }
+            }
+        }
+        // SAFETY: forwarded contract.
+        _ => unsafe { foreign_free(header, block, origin, conn) },
+    }
+}
+
+/// A free on a core of the block's pool, by strategy.
+///
+/// # Safety
+/// As for `free_block`; the calling thread holds `here`'s claim.
+#[inline(always)]
+unsafe fn core_free(
+    here: &Core,
+    header: &SlabHeader,
+    block: NonNull<u8>,
+    origin: usize,
+    conn: Option<ConnRef>,
+) {
+    let stats = &here.owner.stats;
+    if here.owner.strategy == Strategy::PerCore && std::ptr::eq(here, header.core.as_ptr()) {
+        // Freed where it was allocated (under per-core a core only allocates its own blocks):
+        // never deferred, no cap check (a core's own blocks never exceed its slab memory,
+        // which the cap bounds), one counter.
+        // SAFETY: our claim; the block is unused and of its slab's class.
+        unsafe { here.push_free(header.class, block) };
+        stats.own_frees.add(1);
+        return;
+    }
+    stats.freed_for[origin].add(1);
+    match here.owner.strategy {
+        // SAFETY: forwarded contract.
+        Strategy::PerCore => unsafe { defer_out(here, header, block) },
+        Strategy::PerConn => match conn {
+            Some(conn) if !conn.closed() => {
+                // SAFETY: the block is unused.
+                let pushed = unsafe { conn.push(block, here.owner.defer_max) };
+                if pushed {
+                    stats.deferred_frees.add(1);
+                } else {
+                    // SAFETY: refused, still ours.
+                    unsafe { return_block(header, block) };
+                    stats.overflow_frees.add(1);
+                }
+            }
+            // SAFETY: forwarded contract.
+            _ => unsafe { keep_here(here, header, block) },
+        },
+        // SAFETY: forwarded contract.
+        Strategy::Local => unsafe { keep_here(here, header, block) },
+        Strategy::Global => {
+            // SAFETY: the block's pool outlives this call (the block is outstanding).
+            let pool = unsafe { header.pool.as_ref() };
+            // SAFETY: the block is unused.
+            if unsafe { global_free(pool, header, block) } {
+                stats.local_frees.add(1);
+            } else {
+                stats.overflow_frees.add(1);
+            }
+        }
+    }
+}
+
+/// One free in `FREE_SAMPLE_EVERY` (on average, independently drawn): timed.
+///
+/// # Safety
+/// As for `core_free`.
+#[cold]
+#[inline(never)]
+unsafe fn timed_free(
+    here: &Core,
+    header: &SlabHeader,
+    block: NonNull<u8>,
+    origin: usize,
+    conn: Option<ConnRef>,
+) {
+    let start = Instant::now();
+    // SAFETY: forwarded contract.
+    unsafe { core_free(here, header, block, origin, conn) };
+    let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    // SAFETY: our own core's pool is open while we are registered.
+    let clock = unsafe { here.owner.pool.as_ref() }.clock_ns;
+    here.owner.stats.free_sample(ns.saturating_sub(clock));
+    // SAFETY: owner-only state of our own core.
+    here.owner
+        .sample
+        .with_mut(|s| unsafe { (*s).left = (*s).gap() });
+}
+
+/// `local`, and `per-conn` without a live connection: the freeing core keeps the block, up to
+/// its memory cap.
+///
+/// # Safety
+/// As for `core_free`.
+unsafe fn keep_here(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
+    let stats = &here.owner.stats;
+    if here.fits(header.class) {
+        // SAFETY: our claim; the block is unused.
+        unsafe { here.push_free(header.class, block) };
+        stats.local_frees.add(1);
+    } else {
+        // SAFETY: the block is unused.
+        unsafe { return_block(header, block) };
+        stats.overflow_frees.add(1);
+    }
+}
+
+/// `per-core`, freed on another core: into this core's outgoing batch for the owner, handed
+/// over when it holds `batch` buffers or at this core's end of batch.
+///
+/// # Safety
+/// As for `core_free`.
+#[inline(always)]
+unsafe fn defer_out(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
+    let dest = header.core_index;
+    // SAFETY: the block is unused: it may become a node.
+    let node = unsafe { Node::write(block) };
+    // SAFETY: owner-only state of our own core; the node is ours.
+    let queued = here.owner.outbox.with_mut(|o| unsafe {
+        (*o)[dest].push(node);
+        (*o)[dest].len()
+    });
+    here.owner.stats.outbox.add(1);
+    if queued >= here.owner.batch {
+        // SAFETY: our claim.
+        unsafe { flush(here, dest) };
+    }
+}
+
+/// Hands this core's batch for `dest` over.
+///
+/// # Safety
+/// The calling thread holds `here`'s claim.
+#[inline(never)]
+pub(crate) unsafe fn flush(here: &Core, dest: usize) {
+    // SAFETY: owner-only state of our own core.
+    let chain = here
+        .owner
+        .outbox
+        .with_mut(|o| unsafe { (*o)[dest].take_all() });
+    let n = chain.len() as u64;
+    let stats = &here.owner.stats;
+    stats.outbox.sub(n);
+    // SAFETY: our core's pool is open while we hold its claim.
+    let pool = unsafe { here.owner.pool.as_ref() };
+    // SAFETY: the chain's nodes are ours.
+    let pushed = unsafe { hand_over(&pool.cores[dest], chain, here.owner.defer_max) } as u64;
+    stats.deferred_frees.add(pushed);
+    stats.overflow_frees.add(n - pushed);
+}
+
+/// Pushes `chain` (blocks owned by `target`) on `target`'s defer list, up to `defer_max`; the
+/// rest, or everything when `target` has no owner to drain it, goes to its returned list.
+/// Kicks the owner when the list crosses half of `defer_max`. Returns how many were deferred.
+///
+/// # Safety
+/// The chain's nodes are owned by the caller and belong to `target`'s slabs.
+pub(crate) unsafe fn hand_over(target: &Core, chain: Chain, defer_max: usize) -> usize {
+    // Acquire pairs with the Release of the owner leaving: if it left, we see it and do not
+    // leave buffers on a list nobody drains (a push racing with the leave is picked up by the
+    // next owner, `drain_orphans`, or teardown).
+    if !target.shared.owned.load(crate::sync::Ordering::Acquire) {
+        // SAFETY: the chain is ours.
+        unsafe { target.returned.push(chain) };
+        return 0;
+    }
+    // SAFETY: the chain is ours.
+    let outcome = unsafe { target.defer.push(chain, defer_max) };
+    if outcome.rest.len() > 0 {
+        // SAFETY: refused, still ours.
+        unsafe { target.returned.push(outcome.rest) };
+    }
+    // The kernel sends its IPI when the list reaches half of skb_defer_max: once per crossing.
+    let half = (defer_max / 2).max(1);
+    if outcome.before < half && outcome.before + outcome.pushed >= half {
+        target.kick();
+    }
+    outcome.pushed
+}
+
+/// Sends an unused block the allocator's way: its owning core's returned list.
+///
+/// # Safety
+/// `block` is an unused block of the slab `header` heads.
+unsafe fn return_block(header: &SlabHeader, block: NonNull<u8>) {
+    // SAFETY: the block is unused; the owning core lives as long as the pool, which is alive
+    // while the block was outstanding.
+    unsafe {
+        let node = Node::write(block);
+        header.core.as_ref().returned.push(list::single(node));
+    }
+}
+
+/// `global`: onto the shared list if under its cap (true), else the allocator's way (false).
+///
+/// # Safety
+/// `block` is an unused block of the slab `header` heads, of `pool`.
+unsafe fn global_free(pool: &Inner, header: &SlabHeader, block: NonNull<u8>) -> bool {
+    let size = SIZE_CLASSES[header.class];
+    let cap = pool.config.cap_bytes_per_core * pool.cores.len();
+    let mut global = crate::sync::lock(&pool.global);
+    if global.bytes + size <= cap {
+        // SAFETY: the block is unused; under the lock the list is ours.
+        unsafe { global.lists[header.class].push(Node::write(block)) };
+        global.bytes += size;
+        true
+    } else {
+        drop(global);
+        // SAFETY: the block is unused.
+        unsafe { return_block(header, block) };
+        false
+    }
+}
+
+/// A free on a thread that is no core of the block's pool.
+///
+/// # Safety
+/// As for `free_block`.
+#[cold]
+#[inline(never)]
+unsafe fn foreign_free(
+    header: &SlabHeader,
+    block: NonNull<u8>,
+    origin: usize,
+    conn: Option<ConnRef>,
+) {
+    // SAFETY: the block is outstanding, so its pool is alive at least until we say so below.
+    let pool = unsafe { header.pool.as_ref() };
+    if !pool.enter_foreign() {
+        // A per-conn buffer's connection holds the pool open, so no connection here.
+        debug_assert!(conn.is_none());
+        drop(conn);
+        // SAFETY: the block was outstanding and is not touched again; neither is `pool`.
+        return unsafe { pool.closed_free() };
+    }
+    let stats = &pool.cores[origin].shared.stats;
+    stats.origin_frees.add(1);
+    match (pool.config.strategy, conn) {
+        (Strategy::PerCore, _) => {
+            // SAFETY: the block is unused.
+            let chain = unsafe { list::single(Node::write(block)) };
+            // SAFETY: the chain is ours and belongs to the header's core.
+            let pushed = unsafe { hand_over(header.core.as_ref(), chain, pool.config.defer_max) };
+            if pushed == 1 {
+                stats.deferred_frees.add(1);
+            } else {
+                stats.overflow_frees.add(1);
+            }
+        }
+        (Strategy::PerConn, Some(conn)) if !conn.closed() => {
+            // SAFETY: the block is unused.
+            if unsafe { conn.push(block, pool.config.defer_max) } {
+                stats.deferred_frees.add(1);
+            } else {
+                // SAFETY: refused, still ours.
+                unsafe { return_block(header, block) };
+                stats.overflow_frees.add(1);
+            }
+            // The connection (perhaps its last reference) goes before we leave: its drop may
+            // release a pool handle.
+            drop(conn);
+        }
+        (Strategy::Global, _) => {
+            // SAFETY: the block is unused.
+            if unsafe { global_free(pool, header, block) } {
+                stats.local_frees.add(1);
+            } else {
+                stats.overflow_frees.add(1);
+            }
+        }
+        // `local` (or a closed connection): a thread with no list of its own.
+        (_, conn) => {
+            // SAFETY: the block is unused.
+            unsafe { return_block(header, block) };
+            stats.overflow_frees.add(1);
+            drop(conn);
+        }
+    }
+    // SAFETY: paired with the `enter_foreign` above; `pool` is not used after.
+    unsafe { pool.leave_foreign() };
+}
+
+/// Frees a heap buffer's memory's accounting (the memory itself is already freed): counted
+/// against `origin` of `pool` as a free to the allocator.
+///
+/// # Safety
+/// The buffer was outstanding in `pool` (allocated on core `origin`).
+pub(crate) unsafe fn count_heap_free(pool: NonNull<Inner>, origin: usize) {
+    // SAFETY: a non-null CURRENT is a live core of an open pool.
+    if let Some(here) = unsafe { current().as_ref() }
+        && here.owner.pool == pool
+    {
+        here.owner.stats.freed_for[origin].add(1);
+        here.owner.stats.overflow_frees.add(1);
+        return;
+    }
+    // SAFETY: the buffer was outstanding, so the pool is alive until we say so.
+    let pool = unsafe { pool.as_ref() };
+    if !pool.enter_foreign() {
+        // SAFETY: as in `foreign_free`.
+        return unsafe { pool.closed_free() };
+    }
+    let stats = &pool.cores[origin].shared.stats;
+    stats.origin_frees.add(1);
+    stats.overflow_frees.add(1);
+    // SAFETY: paired with the `enter_foreign` above.
+    unsafe { pool.leave_foreign() };
+}
+
+impl Inner {
+    /// End of batch on `core`: hands every outgoing batch over, then moves the buffers other
+    /// cores handed back to the free lists. Returns how many it moved in. A drain that does
+    /// any work is timed (it is part of the free path); an idle one costs two relaxed loads.
+    ///
+    /// # Safety
+    /// The calling thread holds `core`'s claim.
+    pub(crate) unsafe fn drain(&self, core: &Core) -> usize {
+        let stats = &core.owner.stats;
+        stats.drain_calls.add(1);
+        if stats.outbox.get() == 0 && core.defer.len() == 0 {
+            stats.drain_batch(0);
+            return 0;
+        }
+        let start = Instant::now();
+        for dest in 0..self.cores.len() {
+            // SAFETY: owner-only state of our own core.
+            if core.owner.outbox.with(|o| unsafe { (*o)[dest].len() }) > 0 {
+                // SAFETY: our claim.
+                unsafe { flush(core, dest) };
+            }
+        }
+        let mut n = 0;
+        for node in core.defer.take_all() {
+            // SAFETY: taken, so ours; blocks on a core's defer list are from its own slabs
+            // (per-core hands a block only to its owner), so no cap check is needed.
+            unsafe {
+                let block = Node::into_block(node);
+                core.push_free(slab::header_of(block).class, block);
+            }
+            n += 1;
+        }
+        stats.drained.add(n as u64);
+        stats.drain_batch(n);
+        let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.drain_ns.add(ns.saturating_sub(self.clock_ns));
+        n
+    }
+
+    /// Drains a connection's defer list into the calling thread's core (or, on a thread that
+    /// is no core, the allocator's way). Counts against `conn_core` when there is no core.
+    pub(crate) fn drain_conn(&self, list: &list::RemoteList, conn_core: usize) -> usize {
+        let taken = list.take_all();
+        let n = taken.len();
+        let here = self.local_core();
+        let mut trimmed = 0u64;
+        for node in taken {
+            // SAFETY: taken, so ours; pooled blocks of this pool.
+            let block = unsafe { Node::into_block(node) };
+            // SAFETY: as above.
+            let header = unsafe { slab::header_of(block) };
+            match here {
+                Some(here)
+                    if here.cached_bytes() + SIZE_CLASSES[header.class] <= here.owner.cap =>
+                {
+                    // SAFETY: `here` is the calling thread's own core.
+                    unsafe { here.push_free(header.class, block) };
+                }
+                _ => {
+                    // SAFETY: unused block.
+                    unsafe { return_block(header, block) };
+                    trimmed += 1;
+                }
+            }
+        }
+        match here {
+            Some(here) => {
+                let s = &here.owner.stats;
+                s.drained.add(n as u64);
+                s.drain_trimmed.add(trimmed);
+                s.drain_calls.add(1);
+                s.drain_batch(n);
+            }
+            None => {
+                let s = &self.cores[conn_core].shared.stats;
+                s.drained.add(n as u64);
+                s.drain_trimmed.add(trimmed);
+                s.drain_calls.add(1);
+            }
+        }
+        n
+    }
+}
