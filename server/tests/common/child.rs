@@ -22,6 +22,9 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     lines: mpsc::Receiver<String>,
+    /// Scrapes over one kept-alive connection: its descriptor in the server stays the same
+    /// one, so descriptor counts compare.
+    agent: ureq::Agent,
     /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
     _certs: tempfile::TempDir,
@@ -74,6 +77,7 @@ impl ServerProcess {
             addr: "0.0.0.0:0".parse().unwrap(),
             metrics_addr: "0.0.0.0:0".parse().unwrap(),
             lines,
+            agent: ureq::Agent::new_with_defaults(),
             log,
             _certs: certs,
         };
@@ -161,7 +165,8 @@ impl ServerProcess {
 
     /// `GET /metrics` as text.
     pub fn scrape(&self) -> String {
-        ureq::get(&format!("http://{}/metrics", self.metrics_addr))
+        self.agent
+            .get(&format!("http://{}/metrics", self.metrics_addr))
             .call()
             .unwrap()
             .body_mut()
