@@ -368,6 +368,8 @@ fn run_trial(
         hdr_log: None,
         progress: false,
         metrics: None,
+        // A trial whose connection breaks shows it in its errors; it is not patched up.
+        reconnect: false,
     }));
     let readings = sampler.join().map_err(|_| LabError::Runtime {
         what: "the sampler thread panicked",

@@ -178,6 +178,7 @@ async fn every_dashboard_query_returns_data() {
                 hdr_log: None,
                 progress: false,
                 metrics: Some(t.loadgen_metrics.clone()),
+                reconnect: true,
             }));
         }
         while let Some(done) = load.join_next().await {

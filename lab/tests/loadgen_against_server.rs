@@ -79,6 +79,7 @@ fn config(addr: SocketAddr, rate: f64, seconds: u64) -> RunConfig {
         hdr_log: None,
         progress: false,
         metrics: None,
+        reconnect: true,
     }
 }
 

@@ -1,6 +1,11 @@
-//! One load generator connection: a task that owns its HTTP/2 connection and its histograms,
-//! sends on the schedule (or, closed loop, as replies come back), records each RPC against its
-//! intended send time, and hands the collector one histogram per second.
+//! One load generator connection: a task that owns its HTTP/2 link and its histograms, sends on
+//! the schedule (or, closed loop, as replies come back), records each RPC against its intended
+//! send time, and hands the collector one histogram per second.
+//!
+//! Successes and failures are kept apart: a failed RPC goes to the error histogram, never to
+//! the latency histograms (an instant failure would otherwise pass for a fast success), and is
+//! counted by its gRPC code. When the link is down, RPCs due meanwhile fail at once with
+//! UNAVAILABLE (open loop) or wait for it to come back (closed loop: a slot has nothing due).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -16,8 +21,8 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use crate::{
-    conn::GrpcConn,
-    metrics::LoadgenMetrics,
+    link::{Change, Link},
+    metrics::{ConnMetrics, LoadgenMetrics},
     result::new_histogram,
     workload::{Method, Workload},
 };
@@ -49,13 +54,23 @@ pub(crate) struct IntervalReport {
 }
 
 pub(crate) struct ConnStats {
+    /// Successful RPCs, from the intended send time.
     pub(crate) corrected: Histogram<u64>,
+    /// Successful RPCs, from the actual send.
     pub(crate) uncorrected: Histogram<u64>,
+    /// Every RPC that was sent: how late, against the schedule.
     pub(crate) lag: Histogram<u64>,
+    /// Failed RPCs, from the intended send time.
+    pub(crate) failed: Histogram<u64>,
     pub(crate) ok: u64,
     pub(crate) errors: BTreeMap<String, u64>,
-    /// RPCs that completed inside the measured window (whenever they were due): throughput.
-    pub(crate) completed_in_window: u64,
+    /// RPCs that succeeded inside the measured window (whenever they were due): throughput.
+    pub(crate) ok_in_window: u64,
+    /// RPCs that failed inside the measured window.
+    pub(crate) failed_in_window: u64,
+    pub(crate) reconnects: u64,
+    /// Time the link was down inside the measured window.
+    pub(crate) downtime: Duration,
 }
 
 impl ConnStats {
@@ -64,9 +79,13 @@ impl ConnStats {
             corrected: new_histogram(),
             uncorrected: new_histogram(),
             lag: new_histogram(),
+            failed: new_histogram(),
             ok: 0,
             errors: BTreeMap::new(),
-            completed_in_window: 0,
+            ok_in_window: 0,
+            failed_in_window: 0,
+            reconnects: 0,
+            downtime: Duration::ZERO,
         }
     }
 
@@ -75,8 +94,12 @@ impl ConnStats {
         let _ = self.corrected.add(&other.corrected);
         let _ = self.uncorrected.add(&other.uncorrected);
         let _ = self.lag.add(&other.lag);
+        let _ = self.failed.add(&other.failed);
         self.ok += other.ok;
-        self.completed_in_window += other.completed_in_window;
+        self.ok_in_window += other.ok_in_window;
+        self.failed_in_window += other.failed_in_window;
+        self.reconnects += other.reconnects;
+        self.downtime += other.downtime;
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
@@ -91,7 +114,7 @@ fn micros(d: Duration) -> u64 {
 
 pub(crate) struct ConnTask {
     pub(crate) index: usize,
-    pub(crate) client: GrpcConn,
+    pub(crate) link: Link,
     pub(crate) schedule: Option<mpsc::UnboundedReceiver<Instant>>,
     pub(crate) concurrency: usize,
     pub(crate) workload: Workload,
@@ -100,8 +123,76 @@ pub(crate) struct ConnTask {
     pub(crate) metrics: Option<LoadgenMetrics>,
 }
 
-/// What came back: (intended, sent, done, method, status code).
-type Outcome = (Instant, Instant, Instant, Method, Code);
+/// What came back.
+struct Outcome {
+    intended: Instant,
+    /// `None`: never sent (the link was down).
+    sent: Option<Instant>,
+    done: Instant,
+    method: Method,
+    code: Code,
+}
+
+/// Where a connection's outcomes go.
+struct Recorder {
+    window: Window,
+    stats: ConnStats,
+    interval: Histogram<u64>,
+    interval_errors: u64,
+    metrics: Option<ConnMetrics>,
+}
+
+impl Recorder {
+    fn record(&mut self, o: Outcome) {
+        let ok = o.code == Code::Ok;
+        if self.window.measures(o.done) {
+            if ok {
+                self.stats.ok_in_window += 1;
+            } else {
+                self.stats.failed_in_window += 1;
+            }
+        }
+        if !self.window.measures(o.intended) {
+            return;
+        }
+        let latency = micros(o.done - o.intended);
+        if let Some(sent) = o.sent {
+            let _ = self
+                .stats
+                .lag
+                .record(micros(sent.saturating_duration_since(o.intended)));
+        }
+        if ok {
+            let _ = self.stats.corrected.record(latency);
+            let sent = o.sent.unwrap_or(o.intended);
+            let _ = self.stats.uncorrected.record(micros(o.done - sent));
+            let _ = self.interval.record(latency);
+            self.stats.ok += 1;
+        } else {
+            let _ = self.stats.failed.record(latency);
+            *self
+                .stats
+                .errors
+                .entry(code_name(o.code).to_owned())
+                .or_default() += 1;
+            self.interval_errors += 1;
+        }
+        if let Some(m) = &mut self.metrics {
+            m.record(o.method, o.code, latency);
+        }
+    }
+
+    /// An RPC due while the link is down: it fails now, unsent.
+    fn unavailable(&mut self, intended: Instant, method: Method) {
+        self.record(Outcome {
+            intended,
+            sent: None,
+            done: Instant::now(),
+            method,
+            code: Code::Unavailable,
+        });
+    }
+}
 
 /// After the end, in-flight RPCs get this long to finish; the rest count as CANCELLED.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -109,7 +200,7 @@ const DRAIN: Duration = Duration::from_secs(30);
 pub(crate) async fn connection(task: ConnTask) -> ConnStats {
     let ConnTask {
         index,
-        client,
+        mut link,
         mut schedule,
         concurrency,
         workload,
@@ -118,62 +209,76 @@ pub(crate) async fn connection(task: ConnTask) -> ConnStats {
         metrics,
     } = task;
     let mut rng = SmallRng::from_os_rng();
-    let mut stats = ConnStats::new();
-    let mut interval = new_histogram();
-    let mut interval_errors = 0u64;
+    let mut rec = Recorder {
+        window,
+        stats: ConnStats::new(),
+        interval: new_histogram(),
+        interval_errors: 0,
+        metrics: metrics.map(|m| m.connection(index)),
+    };
     let mut interval_index = 0u64;
     let mut in_flight = FuturesUnordered::new();
     let mut queued: VecDeque<Instant> = VecDeque::new();
-    let mut metrics = metrics.map(|m| m.connection(index));
     let closed_loop = schedule.is_none();
-    let issue = |intended: Instant, rng: &mut SmallRng| {
-        let client = client.clone();
-        let method = workload.mix.pick(rng);
-        let key = workload.key(rng);
-        let payload = workload.payload.clone();
-        async move {
-            let sent = Instant::now();
-            let status = match method {
-                Method::Echo => client
-                    .unary::<EchoResponse>(
-                        "/krpc.v1.Bench/Echo",
-                        &EchoRequest {
-                            key,
-                            payload: payload.clone(),
-                        },
-                    )
-                    .await
-                    .and_then(|reply| {
-                        // An echo that is not the payload is a wrong answer, not a success.
-                        if reply.payload == payload {
-                            Ok(())
-                        } else {
-                            Err(Status::data_loss("the echo differs from the payload"))
-                        }
-                    }),
-                Method::Put => client
-                    .unary::<PutResponse>(
-                        "/krpc.v1.Bench/Put",
-                        &PutRequest {
-                            key,
-                            value: payload,
-                        },
-                    )
-                    .await
-                    .map(drop),
-                Method::Get => client
-                    .unary::<GetResponse>("/krpc.v1.Bench/Get", &GetRequest { key })
-                    .await
-                    .map(drop),
-            };
-            let code = status.err().map_or(Code::Ok, |s| s.code());
-            (intended, sent, Instant::now(), method, code) as Outcome
-        }
-    };
+    // Closed loop: slots that wait for the link to come back.
+    let mut idle_slots = 0usize;
+    let issue =
+        |client: &crate::conn::GrpcConn, intended: Instant, method: Method, rng: &mut SmallRng| {
+            let client = client.clone();
+            let key = workload.key(rng);
+            let payload = workload.payload.clone();
+            async move {
+                let sent = Instant::now();
+                let status = match method {
+                    Method::Echo => client
+                        .unary::<EchoResponse>(
+                            "/krpc.v1.Bench/Echo",
+                            &EchoRequest {
+                                key,
+                                payload: payload.clone(),
+                            },
+                        )
+                        .await
+                        .and_then(|reply| {
+                            // An echo that is not the payload is a wrong answer, not a success.
+                            if reply.payload == payload {
+                                Ok(())
+                            } else {
+                                Err(Status::data_loss("the echo differs from the payload"))
+                            }
+                        }),
+                    Method::Put => client
+                        .unary::<PutResponse>(
+                            "/krpc.v1.Bench/Put",
+                            &PutRequest {
+                                key,
+                                value: payload,
+                            },
+                        )
+                        .await
+                        .map(drop),
+                    Method::Get => client
+                        .unary::<GetResponse>("/krpc.v1.Bench/Get", &GetRequest { key })
+                        .await
+                        .map(drop),
+                };
+                Outcome {
+                    intended,
+                    sent: Some(sent),
+                    done: Instant::now(),
+                    method,
+                    code: status.err().map_or(Code::Ok, |s| s.code()),
+                }
+            }
+        };
     if closed_loop {
         let now = Instant::now();
         for _ in 0..concurrency {
-            in_flight.push(issue(now, &mut rng));
+            let method = workload.mix.pick(&mut rng);
+            match link.up() {
+                Some(client) => in_flight.push(issue(client, now, method, &mut rng)),
+                None => idle_slots += 1,
+            }
         }
     }
     let mut tick = tokio::time::interval_at(
@@ -185,40 +290,54 @@ pub(crate) async fn connection(task: ConnTask) -> ConnStats {
     loop {
         tokio::select! {
             biased;
-            Some((intended, sent, done, method, code)) = in_flight.next() => {
-                if window.measures(done) {
-                    stats.completed_in_window += 1;
-                }
-                if window.measures(intended) {
-                    let latency = micros(done - intended);
-                    let _ = stats.corrected.record(latency);
-                    let _ = stats.uncorrected.record(micros(done - sent));
-                    let _ = stats.lag.record(micros(sent.saturating_duration_since(intended)));
-                    let _ = interval.record(latency);
-                    if code == Code::Ok {
-                        stats.ok += 1;
-                    } else {
-                        *stats.errors.entry(code_name(code).to_owned()).or_default() += 1;
-                        interval_errors += 1;
-                    }
-                    if let Some(m) = &mut metrics {
-                        m.record(method, code, latency);
-                    }
-                }
+            Some(outcome) = in_flight.next() => {
+                rec.record(outcome);
                 let now = Instant::now();
                 if closed_loop {
                     if now < window.end {
-                        in_flight.push(issue(now, &mut rng));
+                        let method = workload.mix.pick(&mut rng);
+                        match link.up() {
+                            Some(client) => in_flight.push(issue(client, now, method, &mut rng)),
+                            None => idle_slots += 1,
+                        }
                     }
                 } else if let Some(intended) = queued.pop_front() {
-                    in_flight.push(issue(intended, &mut rng));
+                    let method = workload.mix.pick(&mut rng);
+                    match link.up() {
+                        Some(client) => in_flight.push(issue(client, intended, method, &mut rng)),
+                        None => rec.unavailable(intended, method),
+                    }
                 }
             }
-            next = recv(&mut schedule) => match next {
-                Some(intended) if in_flight.len() < concurrency => {
-                    in_flight.push(issue(intended, &mut rng));
+            change = link.changed() => match change {
+                Change::Down => {
+                    // Nothing queued can be sent now: it was due, it fails.
+                    while let Some(intended) = queued.pop_front() {
+                        rec.unavailable(intended, workload.mix.pick(&mut rng));
+                    }
                 }
-                Some(intended) => queued.push_back(intended),
+                Change::Up => {
+                    let now = Instant::now();
+                    let slots = std::mem::take(&mut idle_slots);
+                    if now < window.end && let Some(client) = link.up() {
+                        for _ in 0..slots {
+                            let method = workload.mix.pick(&mut rng);
+                            in_flight.push(issue(client, now, method, &mut rng));
+                        }
+                    }
+                }
+            },
+            next = recv(&mut schedule) => match next {
+                Some(intended) => {
+                    let method = workload.mix.pick(&mut rng);
+                    match link.up() {
+                        None => rec.unavailable(intended, method),
+                        Some(client) if in_flight.len() < concurrency => {
+                            in_flight.push(issue(client, intended, method, &mut rng));
+                        }
+                        Some(_) => queued.push_back(intended),
+                    }
+                }
                 None => schedule = None,
             },
             _ = tick.tick() => {
@@ -226,8 +345,8 @@ pub(crate) async fn connection(task: ConnTask) -> ConnStats {
                 if now_index > interval_index && Instant::now() <= window.end + Duration::from_secs(1) {
                     let _ = intervals.send(IntervalReport {
                         index: interval_index,
-                        latency: std::mem::replace(&mut interval, new_histogram()),
-                        errors: std::mem::take(&mut interval_errors),
+                        latency: std::mem::replace(&mut rec.interval, new_histogram()),
+                        errors: std::mem::take(&mut rec.interval_errors),
                     });
                     interval_index = now_index;
                 }
@@ -236,7 +355,7 @@ pub(crate) async fn connection(task: ConnTask) -> ConnStats {
                 // The server holds these past any reasonable time: count, do not wait forever.
                 let stuck = (in_flight.len() + queued.len()) as u64;
                 if stuck > 0 {
-                    *stats.errors.entry(code_name(Code::Cancelled).to_owned()).or_default() += stuck;
+                    *rec.stats.errors.entry(code_name(Code::Cancelled).to_owned()).or_default() += stuck;
                 }
                 break;
             }
@@ -247,13 +366,16 @@ pub(crate) async fn connection(task: ConnTask) -> ConnStats {
         }
     }
     // The last, partial second.
-    if !interval.is_empty() || interval_errors > 0 {
+    if !rec.interval.is_empty() || rec.interval_errors > 0 {
         let _ = intervals.send(IntervalReport {
             index: interval_index,
-            latency: interval,
-            errors: interval_errors,
+            latency: rec.interval,
+            errors: rec.interval_errors,
         });
     }
+    let mut stats = rec.stats;
+    stats.reconnects = link.reconnects();
+    stats.downtime = link.downtime_within(window.measure_from, window.end);
     stats
 }
 

@@ -6,7 +6,9 @@
 mod conn;
 mod connection;
 pub mod error;
+pub mod grpc;
 pub mod interval;
+mod link;
 pub mod merge;
 pub mod metrics;
 mod pace;

@@ -115,6 +115,29 @@ struct RunArgs {
     /// No live progress.
     #[arg(long)]
     quiet: bool,
+    /// Do not dial a broken connection again: its RPCs fail (UNAVAILABLE) until the end.
+    /// Default: reconnect with backoff (100 ms, x1.6, +/-20% jitter, at most 5 s).
+    #[arg(long)]
+    no_reconnect: bool,
+    /// Exit with status 3 when more than this fraction of the RPCs due in the measured window
+    /// failed (0 to 1; e.g. 0.001). For CI.
+    #[arg(long, value_parser = parse_fraction)]
+    max_error_rate: Option<f64>,
+}
+
+/// Exit status when `--max-error-rate` is exceeded (1: an error, 2: bad flags).
+const ERROR_RATE_EXCEEDED: u8 = 3;
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number between 0 and 1"))?;
+    if !(0.0..=1.0).contains(&f) {
+        return Err(format!(
+            "{s} is not between 0 and 1 (a fraction: 0.01 is 1%)"
+        ));
+    }
+    Ok(f)
 }
 
 fn main() -> ExitCode {
@@ -130,7 +153,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
-        Command::Run(args) => run_command(*args),
+        Command::Run(args) => match run_command(*args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(ERROR_RATE_EXCEEDED),
+            Err(e) => Err(e),
+        },
         Command::Report { results, html } => report_command(&results, &html),
         Command::Merge {
             results,
@@ -151,7 +178,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_command(args: RunArgs) -> anyhow::Result<()> {
+/// Runs the load; `Ok(false)` when the error rate went over `--max-error-rate`.
+fn run_command(args: RunArgs) -> anyhow::Result<bool> {
     let threads = args
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()));
@@ -189,6 +217,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         hdr_log: args.hdr_log,
         progress: !args.quiet,
         metrics,
+        reconnect: !args.no_reconnect,
     };
     let rt = runtime(threads).context("cannot start the runtime")?;
     let result = rt.block_on(run(config));
@@ -202,7 +231,19 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         result.write(path)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(())
+    if let Some(max) = args.max_error_rate
+        && result.error_rate() > max
+    {
+        eprintln!(
+            "krpc-loadgen: error rate {:.4}% ({} of {} RPCs) is over --max-error-rate {}",
+            100.0 * result.error_rate(),
+            result.error_count(),
+            result.requests,
+            max
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 fn report_command(paths: &[PathBuf], html: &std::path::Path) -> anyhow::Result<()> {

@@ -36,6 +36,19 @@ pub fn merge_results(results: &[RunResult]) -> Result<RunResult> {
     let corrected = add(|r| &r.histogram)?;
     let uncorrected = add(|r| &r.uncorrected_histogram)?;
     let lag = add(|r| &r.send_lag_histogram)?;
+    // Format 1 results have no error histogram: they add nothing to it.
+    let mut failed = crate::result::new_histogram();
+    for r in results.iter().filter(|r| !r.failed.histogram.is_empty()) {
+        let h = decode_histogram(&r.failed.histogram)?;
+        failed.add(&h).map_err(|e| LoadgenError::Histogram {
+            detail: format!("run {:?} does not add up: {e:?}", r.label),
+        })?;
+    }
+    merged.failed.histogram = encode_histogram(&failed);
+    merged.failed.latency = Latency::of(&failed);
+    merged.failed.rate = results.iter().map(|r| r.failed.rate).sum();
+    merged.reconnects = results.iter().map(|r| r.reconnects).sum();
+    merged.downtime_s = results.iter().map(|r| r.downtime_s).sum();
     merged.histogram = encode_histogram(&corrected);
     merged.uncorrected_histogram = encode_histogram(&uncorrected);
     merged.send_lag_histogram = encode_histogram(&lag);
@@ -43,6 +56,12 @@ pub fn merge_results(results: &[RunResult]) -> Result<RunResult> {
     merged.uncorrected = Latency::of(&uncorrected);
     merged.send_lag = Latency::of(&lag);
     merged.processes = results.iter().map(|r| r.processes).sum();
+    // A format 1 result among them mixes errors into the latencies: so does the merge.
+    merged.format = results
+        .iter()
+        .map(|r| r.format)
+        .min()
+        .unwrap_or(first.format);
     // The same server seen by every process: its pool totals are not added up.
     merged.server_pool = first.server_pool;
     merged.requests = results.iter().map(|r| r.requests).sum();

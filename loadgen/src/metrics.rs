@@ -143,6 +143,10 @@ impl ConnMetrics {
                     .clone()
             })
             .inc();
+        // The latency histogram is of successful RPCs only (failures are counted above).
+        if code != Code::Ok {
+            return;
+        }
         self.histograms
             .entry(method)
             .or_insert_with(|| {

@@ -19,8 +19,10 @@ pub const LOWEST_US: u64 = 1;
 pub const HIGHEST_US: u64 = 60_000_000;
 pub const SIGFIG: u8 = 3;
 
-/// The JSON format's version.
-pub const FORMAT: u32 = 1;
+/// The JSON format's version. 2: the latency histograms hold successful RPCs only, failures
+/// have their own (`failed`), `achieved_rate` counts successes; format 1 (errors mixed into
+/// the latencies) is still read.
+pub const FORMAT: u32 = 2;
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIG).expect("valid histogram bounds")
@@ -166,11 +168,20 @@ pub struct RunResult {
     pub ok: u64,
     /// Failed RPCs by gRPC status name.
     pub errors: BTreeMap<String, u64>,
-    /// RPCs completed inside the measured window, per second: what the target delivered.
+    /// RPCs that succeeded inside the measured window, per second: what the target delivered.
     pub achieved_rate: f64,
-    /// From the intended send time: coordinated omission corrected.
+    /// The failed RPCs: their rate and latency (in no other histogram).
+    #[serde(default)]
+    pub failed: Failed,
+    /// Connections dialled again after they broke.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Time connections were down inside the measured window, summed over connections.
+    #[serde(default)]
+    pub downtime_s: f64,
+    /// Successful RPCs, from the intended send time: coordinated omission corrected.
     pub latency: Latency,
-    /// From the actual send time, as tools without a schedule measure.
+    /// Successful RPCs, from the actual send time, as tools without a schedule measure.
     pub uncorrected: Latency,
     /// How late the generator sent, relative to its schedule (actual − intended send time).
     pub send_lag: Latency,
@@ -182,6 +193,17 @@ pub struct RunResult {
     /// embedded servers): where request buffers were freed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_pool: Option<PoolSummary>,
+}
+
+/// Failed RPCs of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    /// RPCs that failed inside the measured window, per second.
+    pub rate: f64,
+    /// From the intended send time to the failure.
+    pub latency: Latency,
+    /// Their histogram, V2 compressed, base64 (empty in format 1 results).
+    pub histogram: String,
 }
 
 /// Totals of the server's pool counters (krpc_pool_* summed over cores).
@@ -217,7 +239,7 @@ impl RunResult {
                 path: path.to_owned(),
                 source,
             })?;
-        if result.format != FORMAT {
+        if !(1..=FORMAT).contains(&result.format) {
             return Err(LoadgenError::Format {
                 path: path.to_owned(),
                 found: result.format,
@@ -238,6 +260,15 @@ impl RunResult {
 
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Failed RPCs as a fraction of those due in the window (0 when none were).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.error_count() as f64 / self.requests as f64
+        }
     }
 
     /// Whether the target kept up with the asked rate (open loop): achieved within 2%.
@@ -322,11 +353,12 @@ impl RunResult {
         );
         let _ = writeln!(
             out,
-            "  {} requests due in {:.2} s; {:.1} RPC/s completed in that window{}",
+            "  {} requests due in {:.2} s; in that window {:.1} RPC/s succeeded{} and {:.1} RPC/s failed",
             self.requests,
             self.duration_s,
             self.achieved_rate,
-            c.rate.map(|r| format!(" of {r} asked")).unwrap_or_default()
+            c.rate.map(|r| format!(" of {r} asked")).unwrap_or_default(),
+            self.failed.rate
         );
         if self.errors.is_empty() {
             let _ = writeln!(out, "  errors: none");
@@ -336,7 +368,23 @@ impl RunResult {
                 .iter()
                 .map(|(code, n)| format!("{code} {n}"))
                 .collect();
-            let _ = writeln!(out, "  errors: {}", list.join(", "));
+            let f = &self.failed.latency;
+            let _ = writeln!(
+                out,
+                "  errors: {} ({:.3}% of requests); failed RPCs took p50 {} p99 {} max {} (not in the latencies above)",
+                list.join(", "),
+                100.0 * self.error_rate(),
+                fmt_us(f.at(50.0)),
+                fmt_us(f.at(99.0)),
+                fmt_us(f.max_us)
+            );
+        }
+        if self.reconnects > 0 || self.downtime_s > 0.0 {
+            let _ = writeln!(
+                out,
+                "  connections: {} reconnects, {:.3} s down in the window (summed over connections)",
+                self.reconnects, self.downtime_s
+            );
         }
         if !self.kept_up() {
             let _ = writeln!(

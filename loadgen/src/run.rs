@@ -11,6 +11,10 @@
 //!
 //! Closed loop: each slot sends its next RPC when the previous one returns.
 //!
+//! A connection that breaks is dialled again with backoff (link.rs; `--no-reconnect` turns it
+//! off); RPCs due while it is down fail with UNAVAILABLE. Failures are counted by gRPC code and
+//! kept in an error histogram of their own: the latency histograms hold successes only.
+//!
 //! Each connection task owns its histograms (nothing shared on the hot path). Every second it
 //! hands an interval histogram to the collector, which feeds the progress line and the
 //! HdrHistogram interval log. At the end, the connections' histograms are merged.
@@ -32,11 +36,12 @@ use crate::{
     connection::{ConnStats, ConnTask, IntervalReport, Window, connection},
     error::{LoadgenError, Result},
     interval::IntervalLog,
+    link::Link,
     metrics::LoadgenMetrics,
     pace::pace,
     progress::Progress,
     result::{
-        ConfigRecord, Environment, Latency, RunResult, ServerRecord, encode_histogram,
+        ConfigRecord, Environment, Failed, Latency, RunResult, ServerRecord, encode_histogram,
         new_histogram,
     },
     workload::{Arrival, Workload},
@@ -69,6 +74,8 @@ pub struct RunConfig {
     /// Show progress (a bar on a terminal, a line a second otherwise).
     pub progress: bool,
     pub metrics: Option<LoadgenMetrics>,
+    /// Dial a broken connection again, with backoff (else its RPCs fail until the end).
+    pub reconnect: bool,
 }
 
 /// Runs the load on the current tokio runtime and returns the result.
@@ -86,6 +93,7 @@ pub async fn run(config: RunConfig) -> Result<RunResult> {
         hdr_log,
         progress,
         metrics,
+        reconnect,
     } = config;
     let invalid = |what: &str| Err(LoadgenError::Config(what.to_owned()));
     if connections == 0 {
@@ -144,7 +152,7 @@ pub async fn run(config: RunConfig) -> Result<RunResult> {
         };
         tasks.push(tokio::spawn(connection(ConnTask {
             index: i,
-            client,
+            link: Link::new(client, target.clone(), connector.clone(), reconnect),
             schedule,
             concurrency,
             workload: workload.clone(),
@@ -234,7 +242,14 @@ pub async fn run(config: RunConfig) -> Result<RunResult> {
         requests,
         ok: total.ok,
         errors: total.errors,
-        achieved_rate: total.completed_in_window as f64 / duration_s,
+        achieved_rate: total.ok_in_window as f64 / duration_s,
+        failed: Failed {
+            rate: total.failed_in_window as f64 / duration_s,
+            latency: Latency::of(&total.failed),
+            histogram: encode_histogram(&total.failed),
+        },
+        reconnects: total.reconnects,
+        downtime_s: total.downtime.as_secs_f64(),
         latency: Latency::of(&total.corrected),
         uncorrected: Latency::of(&total.uncorrected),
         send_lag: Latency::of(&total.lag),

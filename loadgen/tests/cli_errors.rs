@@ -34,6 +34,10 @@ fn bad_flags_exit_2_with_one_line() {
             "expected echo",
         ),
         (
+            &["run", "--rate", "10", "--max-error-rate", "1.5"],
+            "between 0 and 1",
+        ),
+        (
             &["run", "--rate", "10", "--method", "echo:x"],
             "whole number",
         ),

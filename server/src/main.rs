@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use krpc_server::{Handoff, RuntimeMode, Server, ServerInfo, Strategy};
+use krpc_server::{
+    Handoff, Limits, RuntimeMode, Server, ServerInfo, Strategy, parse_nonzero_size, parse_size,
+};
 use krpc_transport::{
     Acceptor, DevCertPaths, DevCerts, Identity, KtlsOptions, KtlsSupport, ServerTls, TlsMode,
     TlsPath, read_ca_file,
@@ -105,6 +107,8 @@ struct ServeArgs {
     /// Log format: plain or json. Filter with RUST_LOG (default: info).
     #[arg(long, default_value = "plain", value_parser = ["plain", "json"])]
     log_format: String,
+    #[command(flatten)]
+    limits: Limits,
 }
 
 fn main() -> ExitCode {
@@ -215,6 +219,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    raise_fd_limit(args.limits.max_connections);
     let listeners_wanted = match args.runtime {
         RuntimeMode::ThreadPerCore => cores,
         RuntimeMode::WorkStealing => 1,
@@ -236,6 +241,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             defer_max: args.defer_max as usize,
             pool_cap_bytes: args.pool_cap_bytes,
             max_message_bytes: args.max_message_bytes,
+            limits: args.limits.clone(),
             ..ServerInfo::new(args.runtime, cores, args.tls, ktls)
         },
         acceptor,
@@ -277,22 +283,38 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         warn!(%error, "metrics endpoint failed");
     }
     served?;
-    info!("krpc-server stopped");
+    let totals = server.totals();
+    info!(
+        connections = totals.connections,
+        rpcs_started = totals.rpcs_started,
+        rpcs_answered = totals.rpcs_answered,
+        rpcs_cut_off = totals.rpcs_cut_off,
+        "krpc-server stopped"
+    );
     Ok(())
 }
 
-/// A byte size: `65536`, `64KiB`, `4MiB`, `1GiB` (also `kB`, `MB`: powers of ten).
-fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 65536, 64KiB, 4MiB)"))?;
-    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
-}
-
-fn parse_nonzero_size(s: &str) -> Result<usize, String> {
-    match parse_size(s)? {
-        0 => Err("must be at least 1 byte".to_owned()),
-        n => Ok(n),
+/// Raises the soft open-file limit to the hard one (as Go programs do at start): every
+/// connection is a descriptor. Warns when `--max-connections` cannot be reached; running out is
+/// handled anyway (the accept loop sheds and backs off), but refusing at the cap is clearer.
+fn raise_fd_limit(max_connections: u32) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Listeners, the metrics endpoint, the runtime's own descriptors: a few dozen.
+    let wanted = u64::from(max_connections) + 64;
+    if soft < wanted {
+        warn!(
+            open_file_limit = soft,
+            max_connections,
+            "the open-file limit is below --max-connections + 64: connections past it are shed at accept (EMFILE)"
+        );
     }
 }
 

@@ -1,9 +1,9 @@
 //! Runtimes. Thread-per-core: one pinned current-thread runtime per core, each with its own
-//! SO_REUSEPORT listener and its own tonic server, so a connection lives and dies on one core.
-//! Work-stealing: one multi-thread runtime and one listener. The accept loop is in accept.rs.
+//! SO_REUSEPORT listener and its own accept loop, so a connection lives and dies on one core.
+//! Work-stealing: one multi-thread runtime and one listener. A core's serving and shutdown are
+//! in serve.rs, the accept loop in accept.rs, a connection in conn.rs.
 
 use std::{
-    convert::Infallible,
     fmt, io,
     str::FromStr,
     sync::{
@@ -14,21 +14,19 @@ use std::{
 };
 
 use krpc_pool::{Config as PoolConfig, Pool, Strategy};
-use krpc_proto::v1::bench_server::BenchServer;
 use krpc_transport::{Acceptor, KtlsSupport, TlsMode};
-use tokio::{net::TcpListener, sync::mpsc};
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::{
-    BenchService,
-    accept::{ConnSetup, ServedConn, accept_loop},
+    BenchService, Limits,
+    accept::{Admission, ConnSetup},
     cores,
     cpus::{allowed_cpus, pin_to},
     handoff::{Handoff, Owners, run_owner},
     metrics::Metrics,
     rpc_layer::RpcLayer,
+    serve::{CoreServer, ServeTotals, Tally},
 };
 
 /// How connections are spread over cores.
@@ -85,6 +83,8 @@ pub struct ServerInfo {
     pub pool_cap_bytes: usize,
     /// Largest request message accepted (`--max-message-bytes`).
     pub max_message_bytes: usize,
+    /// Connection, HTTP/2, memory and shutdown limits.
+    pub limits: Limits,
 }
 
 impl ServerInfo {
@@ -105,6 +105,7 @@ impl ServerInfo {
             defer_max: 64,
             pool_cap_bytes: 4 << 20,
             max_message_bytes: 4 << 20,
+            limits: Limits::default(),
         }
     }
 
@@ -137,13 +138,6 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-    /// tonic's server failed.
-    #[error("gRPC server on core {core} failed")]
-    Serve {
-        core: usize,
-        #[source]
-        source: tonic::transport::Error,
-    },
     /// The embedded descriptor sets could not be indexed for reflection (a build defect).
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
@@ -159,6 +153,8 @@ pub struct Server {
     acceptor: Acceptor,
     pool: Pool,
     metrics: Metrics,
+    admission: Admission,
+    tally: Arc<Tally>,
 }
 
 impl Server {
@@ -169,12 +165,18 @@ impl Server {
             defer_max: info.defer_max,
             cap_bytes_per_core: info.pool_cap_bytes,
         });
-        let metrics = Metrics::new(&info, acceptor.path(), pool.clone());
+        let admission = Admission::new(
+            info.limits.max_connections as usize,
+            info.limits.max_handshakes as usize,
+        );
+        let metrics = Metrics::new(&info, acceptor.path(), pool.clone(), admission.clone());
         Self {
             info: Arc::new(info),
             acceptor,
             pool,
             metrics,
+            admission,
+            tally: Arc::default(),
         }
     }
 
@@ -187,6 +189,11 @@ impl Server {
         &self.pool
     }
 
+    /// Connections and RPCs served so far (complete once [`Self::serve`] has returned).
+    pub fn totals(&self) -> ServeTotals {
+        self.tally.totals()
+    }
+
     /// Serves Prometheus metrics (`GET /metrics`) on `listener` until `shutdown` is cancelled.
     /// Blocks the calling thread; run it on a thread of its own.
     pub fn serve_metrics(
@@ -197,8 +204,9 @@ impl Server {
         krpc_telemetry::serve_prometheus(listener, self.metrics.registry(), shutdown)
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight RPCs finish
-    /// and returns. Blocks the calling thread. Thread-per-core wants one listener per core (see
+    /// Serves until `shutdown` is cancelled, then stops accepting, sends every connection
+    /// GOAWAY, lets in-flight RPCs finish for up to `--shutdown-grace`, closes what is left and
+    /// returns. Blocks the calling thread. Thread-per-core wants one listener per core (see
     /// [`crate::bind`]); work-stealing serves on the first listener.
     pub fn serve(
         &self,
@@ -214,7 +222,12 @@ impl Server {
         let (owners, mut owner_jobs) = match self.info.handoff {
             Handoff::None => (None, Vec::new()),
             Handoff::Owner => {
-                let (owners, jobs) = Owners::new(owner_count);
+                let limits = &self.info.limits;
+                let (owners, jobs) = Owners::new(
+                    owner_count,
+                    limits.owner_queue_bytes,
+                    limits.store_max_bytes,
+                );
                 (Some(owners), jobs.into_iter().map(Some).collect())
             }
         };
@@ -223,8 +236,17 @@ impl Server {
             acceptor: self.acceptor.clone(),
             pool: self.pool.clone(),
             metrics: self.metrics.clone(),
+            admission: self.admission.clone(),
         };
         let layer = RpcLayer::new(self.info.max_message_bytes);
+        let core_server = |core, service, owner_jobs| CoreServer {
+            core,
+            setup: conn.clone(),
+            service,
+            layer,
+            owner_jobs,
+            tally: self.tally.clone(),
+        };
         match self.info.runtime {
             RuntimeMode::WorkStealing => {
                 // Workers become pool cores 0..cores as they start (tokio starts them all when
@@ -278,7 +300,7 @@ impl Server {
                     source: io::Error::new(io::ErrorKind::InvalidInput, "no listener given"),
                 })?;
                 let served =
-                    runtime.block_on(serve_one(0, listener, conn, service, layer, None, shutdown));
+                    runtime.block_on(core_server(0, service, None).serve(listener, shutdown));
                 drop(runtime);
                 let owners = join_all(cores, owner_threads, &CancellationToken::new());
                 served.and(owners)
@@ -290,20 +312,18 @@ impl Server {
                     .enumerate()
                     .map(|(core, listener)| {
                         let cpu = cpus.get(core % cpus.len().max(1)).copied();
-                        let (conn, service, layer, shutdown) =
-                            (conn.clone(), service.clone(), layer, shutdown.clone());
                         let jobs = owner_jobs.get_mut(core).and_then(Option::take);
+                        let server = core_server(core, service.clone(), jobs);
+                        let shutdown = shutdown.clone();
                         thread::Builder::new()
                             .name(format!("krpc-core-{core}"))
                             .spawn(move || {
                                 if let Some(cpu) = cpu {
                                     pin_to(cpu);
                                 }
-                                let _cpu = conn.metrics.runtime_thread(core);
-                                let runtime = current_thread_runtime(&conn.pool, core)?;
-                                let served = runtime.block_on(serve_one(
-                                    core, listener, conn, service, layer, jobs, shutdown,
-                                ));
+                                let _cpu = server.setup.metrics.runtime_thread(core);
+                                let runtime = current_thread_runtime(&server.setup.pool, core)?;
+                                let served = runtime.block_on(server.serve(listener, shutdown));
                                 drop(runtime);
                                 cores::unregister();
                                 served
@@ -368,68 +388,4 @@ fn join_all(
         }
     }
     result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn serve_one(
-    core: usize,
-    listener: std::net::TcpListener,
-    conn: ConnSetup,
-    service: BenchService,
-    layer: RpcLayer,
-    owner_jobs: Option<mpsc::Receiver<crate::handoff::Job>>,
-    shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    let listener = TcpListener::from_std(listener).map_err(|source| ServerError::Listener {
-        index: core,
-        source,
-    })?;
-    if cores::current().is_some() && conn.pool.config().strategy == Strategy::PerCore {
-        tokio::spawn(cores::answer_kicks());
-    }
-    // This core's key owner (handoff), until every core's service is gone.
-    let owner = owner_jobs.map(|jobs| tokio::spawn(run_owner(jobs)));
-    // Handshakes run in their own tasks; only finished connections reach tonic, so one slow
-    // peer never holds up the others (tonic polls this stream from its accept loop).
-    let (tx, rx) = mpsc::channel::<ServedConn>(256);
-    tokio::spawn(accept_loop(core, listener, conn, tx, shutdown.clone()));
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<BenchServer<BenchService>>().await;
-    let reflection_v1 = reflection().build_v1();
-    let reflection_v1alpha = reflection().build_v1alpha();
-    let (reflection_v1, reflection_v1alpha) = match (reflection_v1, reflection_v1alpha) {
-        (Ok(v1), Ok(v1alpha)) => (v1, v1alpha),
-        (Err(source), _) | (_, Err(source)) => return Err(ServerError::Reflection(source)),
-    };
-    let max = service.max_message_bytes();
-    let bench = BenchServer::new(service).max_decoding_message_size(max);
-
-    let served = tonic::transport::Server::builder()
-        .layer(layer)
-        .add_service(bench)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            ReceiverStream::new(rx).map(Ok::<_, Infallible>),
-            shutdown.cancelled_owned(),
-        )
-        .await
-        .map_err(|source| ServerError::Serve { core, source });
-    // Other cores may still hand this core's keys over while they drain: the owner runs until
-    // the last service clone (every core's) is gone.
-    if let Some(owner) = owner {
-        let _ = owner.await;
-    }
-    served?;
-    debug!(core, "core drained");
-    Ok(())
-}
-
-/// Server reflection over the Bench and health services, so grpcurl and friends can discover them.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(krpc_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

@@ -30,15 +30,20 @@ pub struct BenchService {
 impl BenchService {
     pub(crate) fn new(info: Arc<ServerInfo>, owners: Option<Owners>) -> Self {
         let shards = info.cores.max(1) * 16;
+        let store = Store::new(shards, info.limits.store_max_bytes);
         Self {
             info,
-            store: Arc::new(Store::new(shards)),
+            store: Arc::new(store),
             owners,
         }
     }
 
     pub(crate) fn max_message_bytes(&self) -> usize {
         self.info.max_message_bytes
+    }
+
+    pub(crate) fn limits(&self) -> &crate::Limits {
+        &self.info.limits
     }
 }
 
@@ -63,12 +68,12 @@ impl Bench for BenchService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
         let replaced = match &self.owners {
-            None => self.store.put(&request.key, &request.value),
+            None => self.store.put(&request.key, &request.value)?,
             Some(owners) => {
                 // Only the owner may hold the request (even a clone of its key would keep the
                 // buffer alive here): pick the owner first, then hand the request over.
                 let owner = owners.owner_of(&request.key);
-                owners.run(owner, |tx| Job::Put(request, tx)).await?
+                owners.run(owner, |tx| Job::Put(request, tx)).await??
             }
         };
         Ok(Response::new(PutResponse { replaced }))

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part
 
+pub mod fake;
+
 use std::{net::SocketAddr, time::Duration};
 
 use krpc_loadgen::{
@@ -30,5 +32,6 @@ pub fn open_loop(addr: SocketAddr, rate: f64, duration: Duration, warmup: Durati
         hdr_log: None,
         progress: false,
         metrics: None,
+        reconnect: true,
     }
 }

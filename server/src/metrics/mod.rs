@@ -1,11 +1,13 @@
 //! Prometheus exposition: RPC latency (classic and native histograms, recorded per core), the
-//! pool's counters, connections, handshake failures, the kernel's kTLS counters and build info.
+//! pool's counters, connections (admission, refusals, closes by reason), handshake failures,
+//! the kernel's kTLS counters and build info.
 //! Every metric is documented in docs/metrics.md; keep the two in step.
 //!
 //! Served on its own port (`--metrics-listen`) by krpc-telemetry's small HTTP/1 server on its own
 //! thread, so a scrape never competes with RPCs for a core's runtime. Prometheus asking for protobuf (native
 //! histograms) gets the delimited protobuf format; everyone else gets OpenMetrics text.
 
+mod admission;
 mod cpu;
 mod kernel;
 mod pool;
@@ -29,7 +31,7 @@ use krpc_telemetry::{
     latency_histogram,
 };
 
-use crate::ServerInfo;
+use crate::{ServerInfo, accept::Admission, accept::Refusal, conn::Reason};
 
 /// The methods of the Bench service, as the `method` label spells them; anything else
 /// (health, reflection, unknown paths) is `other`, so a scanner cannot blow up the series count.
@@ -61,6 +63,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
 /// The server's metrics. Cheap to clone.
@@ -81,13 +88,17 @@ struct Inner {
     open: Family<TlsLabels, Gauge>,
     accepted: Family<TlsLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    accept_errors: Family<KindLabels, Counter>,
+    cut_off: Counter,
     /// The runtime threads, by pool core: `krpc_server_cpu_seconds_total`.
     cpu: ThreadClocks,
 }
 
 impl Metrics {
     /// Metrics for a server with `info`, reading pool counters from `pool` at each scrape.
-    pub(crate) fn new(info: &ServerInfo, tls: TlsPath, pool: Pool) -> Self {
+    pub(crate) fn new(info: &ServerInfo, tls: TlsPath, pool: Pool, admission: Admission) -> Self {
         let mut registry = Registry::with_prefix("krpc");
         let rpc = HistogramFamily::new_with_constructor(latency_histogram);
         registry.register(
@@ -113,6 +124,45 @@ impl Metrics {
             "Connections dropped during the handshake, by reason",
             handshake_failures.clone(),
         );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, before anything was read, by reason",
+            refused.clone(),
+        );
+        let closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections past the handshake that closed, by reason",
+            closed.clone(),
+        );
+        let accept_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accept calls, by kind",
+            accept_errors.clone(),
+        );
+        let cut_off = Counter::default();
+        registry.register(
+            "rpcs_cut_off",
+            "RPCs in flight on connections the server closed (shutdown or GOAWAY grace expired)",
+            cut_off.clone(),
+        );
+        // Every label value exists from the start, at 0, so rates and alerts need no absent().
+        for why in Refusal::ALL {
+            drop(refused.get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            }));
+        }
+        for why in Reason::ALL {
+            drop(closed.get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            }));
+        }
+        registry.register_collector(Box::new(admission::AdmissionCollector {
+            admission,
+            limits: info.limits.clone(),
+        }));
         registry.register(
             "build",
             "Version and configuration of this server",
@@ -150,6 +200,10 @@ impl Metrics {
                 open,
                 accepted,
                 handshake_failures,
+                refused,
+                closed,
+                accept_errors,
+                cut_off,
                 cpu,
             }),
         }
@@ -193,6 +247,34 @@ impl Metrics {
         self.inner
             .handshake_failures
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn connection_refused(&self, why: Refusal) {
+        self.inner
+            .refused
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn connection_closed(&self, why: Reason, cut_off: usize) {
+        self.inner
+            .closed
+            .get_or_create(&ReasonLabels {
+                reason: why.as_str(),
+            })
+            .inc();
+        if cut_off > 0 {
+            self.inner.cut_off.inc_by(cut_off as u64);
+        }
+    }
+
+    pub(crate) fn accept_error(&self, kind: &'static str) {
+        self.inner
+            .accept_errors
+            .get_or_create(&KindLabels { kind })
             .inc();
     }
 

@@ -2,6 +2,10 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses a different part
 
+pub mod child;
+pub mod h2raw;
+pub mod probe;
+
 use std::{net::SocketAddr, path::PathBuf, thread, time::Duration};
 
 use bytes::{Buf, BufMut, Bytes};
