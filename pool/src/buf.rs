@@ -81,8 +81,62 @@ impl PoolBuf {
     /// Zero-copy `Bytes`; the buffer is freed, by the strategy, when the last clone drops.
     /// (`bytes` boxes the owner: one small allocation per call, which the benches measure.)
     #[cfg(feature = "bytes")]
+    #[inline]
     pub fn into_bytes(self) -> bytes::Bytes {
-        bytes::Bytes::from_owner(self)
+        match self.kind {
+            // The codec's case: a block with no connection to count it. Its owner is two
+            // words, which the compiler keeps in registers across the owner box's `malloc`.
+            // A whole `PoolBuf` (four words) is staged on the stack there with narrow stores
+            // and read back with wide loads, which cannot be forwarded from the store buffer:
+            // the load waits for the 512-byte copy's stores to drain (5-6 ns per message,
+            // bench/pool.md, "codec path").
+            Kind::Block { origin, conn: None } if self.len <= u32::MAX as usize => {
+                let this = std::mem::ManuallyDrop::new(self);
+                bytes::Bytes::from_owner(BlockOwner {
+                    ptr: this.ptr,
+                    len: this.len as u32,
+                    origin,
+                })
+            }
+            _ => bytes::Bytes::from_owner(self),
+        }
+    }
+}
+
+/// A slab block without a connection, owned by a `Bytes`: what [`PoolBuf`] would be, in two
+/// words. Dropping it frees the block exactly as the `PoolBuf` would have.
+#[cfg(feature = "bytes")]
+struct BlockOwner {
+    ptr: NonNull<u8>,
+    len: u32,
+    origin: u32,
+}
+
+// SAFETY: as for `PoolBuf`: it owns its bytes exclusively, and its free path may run on any
+// thread.
+#[cfg(feature = "bytes")]
+unsafe impl Send for BlockOwner {}
+// SAFETY: shared references only read the bytes.
+#[cfg(feature = "bytes")]
+unsafe impl Sync for BlockOwner {}
+
+#[cfg(feature = "bytes")]
+impl AsRef<[u8]> for BlockOwner {
+    #[inline(always)]
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: taken over from a `PoolBuf`: `ptr` points to `len` initialised bytes this
+        // owner alone holds.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
+    }
+}
+
+#[cfg(feature = "bytes")]
+impl Drop for BlockOwner {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: the block came from a slab of its pool, allocated on `origin` (the
+        // `PoolBuf` it was taken from said so), and this owner, its only user, is going away.
+        unsafe { free::free_block(self.ptr, self.origin as usize, None) }
     }
 }
 
