@@ -253,7 +253,8 @@ suite_rekey() {
 suite_norekey() {
     echo "== norekey: a rustls client's KeyUpdate against a kernel that cannot rekey"
     grep -q "rekey (KeyUpdate): no" "$here/probe.out" || fail "norekey: the probe says this kernel can rekey"
-    start_server norekey --tls ktls || return
+    # A peer's KeyUpdate on a kernel that cannot rekey is a per-peer failure: logged at debug.
+    RUST_LOG=info,krpc_transport::ktls=debug start_server norekey --tls ktls || return
     krpc --tls ktls $tls info >"$here/info-norekey.out" 2>&1
     grep -q "^ktls rekey: *no" "$here/info-norekey.out" || fail "norekey: Info does not say rekey: no"
     krpc --tls rustls --rustls-key-update-every 100 $tls echo --repeat 1000 --size 64 \
@@ -306,14 +307,15 @@ suite_bad() {
         || fail "bad: the server did not serve a good client after the bad ones"
     scrape bad
     stop_server bad
-    grep "kTLS connection closed" "$here/server-bad.log" | sed 's/^/  server log: /'
     m="$here/metrics-bad.txt"
     for reason in unexpected_ccs bad_alert unknown_record_type unexpected_handshake bad_handshake; do
         [ "$(metric "$m" "krpc_ktls_record_errors_total{reason=\"$reason\"}")" = 1 ] \
             || fail "bad: krpc_ktls_record_errors_total{reason=$reason} is not 1"
     done
+    # Per-peer failures are counted and logged at debug: at the default level (info) five
+    # bad peers leave no line, so a peer sending bad records in a loop cannot flood the log.
     closed=$(grep -c "kTLS connection closed" "$here/server-bad.log")
-    [ "$closed" -eq 5 ] || fail "bad: $closed 'kTLS connection closed' log lines, expected 5"
+    [ "$closed" -eq 0 ] || fail "bad: $closed 'kTLS connection closed' lines at the default log level, expected 0 (per-peer failures log at debug)"
 }
 
 if [ ! -r /proc/net/tls_stat ]; then

@@ -28,6 +28,12 @@ use crate::{
 
 /// Frees a pooled block (a `PoolBuf` drop).
 ///
+/// Inlined into every drop is only the common case under `per-core`: the block freed on the
+/// core that allocated it, and not drawn for timing. It is a push on the core's own list and
+/// one owner counter. Everything else (other strategies, cross-core frees, timed frees, frees
+/// off any core) is one call away in [`free_block_slow`], so that the hot drop carries neither
+/// its frame nor its code.
+///
 /// # Safety
 /// `block` is an outstanding block of a pool, allocated on core `origin`; it is not used
 /// again.
@@ -35,6 +41,44 @@ use crate::{
 pub(crate) unsafe fn free_block(block: NonNull<u8>, origin: usize, conn: Option<ConnRef>) {
     // SAFETY: the block is outstanding, so its slab (and pool) are alive (see pool.rs).
     let header = unsafe { slab::header_of(block) };
+    // SAFETY: a non-null CURRENT is a live core of an open pool (see `Inner::local_core`).
+    if let Some(here) = unsafe { current().as_ref() }
+        // The slab's own core is this thread's: same pool, and the block is back home.
+        && std::ptr::eq(here, header.core.as_ptr())
+        && here.owner.strategy == Strategy::PerCore
+    {
+        // SAFETY: owner-only state of the calling thread's own core.
+        let untimed = here.owner.sample.with_mut(|s| unsafe {
+            // `left` reaching 0 is a timed free: left to the slow path, which counts it.
+            let untimed = (*s).left > 1;
+            if untimed {
+                (*s).left -= 1;
+            }
+            untimed
+        });
+        if untimed {
+            // As in `core_free`: never deferred, no cap check.
+            // SAFETY: our claim; the block is unused and of its slab's class.
+            unsafe { here.push_free(header.class, block) };
+            here.owner.stats.own_frees.add(1);
+            return;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_block_slow(header, block, origin, conn) }
+}
+
+/// [`free_block`] for every case but the inlined one.
+///
+/// # Safety
+/// As for `free_block`; `header` is the block's slab header.
+#[inline(never)]
+unsafe fn free_block_slow(
+    header: &SlabHeader,
+    block: NonNull<u8>,
+    origin: usize,
+    conn: Option<ConnRef>,
+) {
     // SAFETY: a non-null CURRENT is a live core of an open pool (see `Inner::local_core`).
     let kick = match unsafe { current().as_ref() } {
         Some(here) if here.owner.pool == header.pool => {

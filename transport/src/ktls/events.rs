@@ -122,6 +122,27 @@ impl RecordErrorKind {
             Self::Kernel => "kernel",
         }
     }
+
+    /// True when the peer's bytes alone caused it (what the peer sent, or a KeyUpdate this
+    /// kernel cannot follow): a per-peer failure, logged at `debug` and counted, so that a
+    /// peer sending bad records in a loop cannot flood the log. The rest (our own record
+    /// limit, a key the kernel refused, a kernel answer kTLS does not document) are this
+    /// host's to fix, and are warnings.
+    pub fn is_peers(self) -> bool {
+        match self {
+            Self::Alert
+            | Self::BadAlert
+            | Self::UnexpectedCcs
+            | Self::BadHandshake
+            | Self::UnexpectedHandshake
+            | Self::UnknownRecordType
+            | Self::TooManyKeyUpdates
+            | Self::RekeyUnsupported
+            | Self::BadSessionTicket
+            | Self::DecryptError => true,
+            Self::RekeyFailed | Self::RecordLimit | Self::KeyExpired | Self::Kernel => false,
+        }
+    }
 }
 
 /// A snapshot of this process's kTLS counters ([`ktls_counters`]).

@@ -183,13 +183,18 @@ impl KtlsStream {
             .map(|closed| io::Error::new(io::ErrorKind::InvalidData, closed))
     }
 
-    /// Closes the connection for `e`: counted, logged once, a fatal alert to the peer when it
+    /// Closes the connection for `e`: counted, logged once (at `debug` when the peer caused
+    /// it, [`super::events::RecordErrorKind::is_peers`]), a fatal alert to the peer when it
     /// should have one (best effort: never waits), every later read and write fails alike.
     fn fail(&mut self, e: RecordError) -> io::Error {
         if self.failed.is_none() {
             let kind = e.kind();
             events::count_record_error(kind);
-            warn!(peer = %self.peer, reason = kind.as_str(), error = %e, "kTLS connection closed");
+            if kind.is_peers() {
+                debug!(peer = %self.peer, reason = kind.as_str(), error = %e, "kTLS connection closed");
+            } else {
+                warn!(peer = %self.peer, reason = kind.as_str(), error = %e, "kTLS connection closed");
+            }
             if let Some(alert) = e.alert_to_send()
                 && !self.write_closed
             {
