@@ -15,9 +15,11 @@
 //!   compare-and-swap per batch (`list`: the head word packs pointer and length, so the
 //!   `defer_max` bound costs nothing extra); the owner drains at its end of batch, is kicked at
 //!   half of `defer_max`, and past it the freer sends the rest the allocator's way (the owner's
-//!   returned list, reclaimed on a miss).
+//!   returned list, reclaimed on a miss). Only the per-core free of a block on its own core is
+//!   inlined into a drop; `drain` holds the end of batch and the connections' drains.
 //! - `pool`: the pool lives while a handle lives or a buffer is out, without a shared
-//!   reference count on the hot path (see its module docs).
+//!   reference count on the hot path (see its module docs); `handle`: [`Pool`] and
+//!   [`CoreHandle`], the two ways in.
 //!
 //! Unsafe code is needed for raw memory (slabs, intrusive list nodes inside free blocks,
 //! owner-only state behind a claim) and the lock-free lists. It is fenced in those modules,
@@ -29,7 +31,9 @@
 mod buf;
 mod conn;
 mod core;
+mod drain;
 mod free;
+mod handle;
 mod list;
 #[cfg(all(test, krpc_loom))]
 mod loom_models;
@@ -42,7 +46,7 @@ use std::{fmt, str::FromStr};
 
 pub use buf::PoolBuf;
 pub use conn::ConnHandle;
-pub use pool::{CoreHandle, Pool, RegisterError};
+pub use handle::{CoreHandle, Pool, RegisterError};
 pub use slab::SLAB_SIZE;
 pub use stats::{
     CoreStats, DRAIN_BUCKETS, FREE_NS_BUCKETS, FREE_SAMPLE_EVERY, Snapshot, free_ns_bound,

@@ -2,7 +2,7 @@
 //! and the pool's lifetime.
 //!
 //! **Lifetime without a per-buffer count.** Buffers do not keep the pool alive with an `Arc`;
-//! handles do ([`Pool`], [`CoreHandle`], connections), and outstanding buffers do through the
+//! handles do ([`crate::Pool`], [`crate::CoreHandle`], connections), and outstanding buffers do through the
 //! counters the pool keeps anyway. When the last handle goes, the pool *closes*: no thread is a
 //! core any more, so every later free is a foreign free (see `free.rs`), and those announce
 //! themselves on one word (`Life::state`: in-flight foreign frees, and a CLOSED bit). Once the
@@ -15,8 +15,8 @@
 
 use std::{
     cell::Cell,
-    marker::PhantomData,
     ptr::{self, NonNull},
+    task::Waker,
     time::Instant,
 };
 
@@ -28,6 +28,7 @@ use crate::{
     class_of,
     core::{CLASSES, Core},
     free::Kicks,
+    handle::RegisterError,
     list::Chain,
     slab,
     stats::{Snapshot, read_core},
@@ -115,7 +116,7 @@ pub(crate) enum Init<'a> {
 }
 
 impl Init<'_> {
-    fn to_boxed(self, len: usize) -> Box<[u8]> {
+    pub(crate) fn to_boxed(self, len: usize) -> Box<[u8]> {
         match self {
             Self::Zero => vec![0; len].into_boxed_slice(),
             Self::Copy(data) => data.into(),
@@ -138,6 +139,77 @@ impl Init<'_> {
 }
 
 impl Inner {
+    /// A new pool's state, with one handle counted (the caller's). Every later pointer to it
+    /// derives from the one returned.
+    pub(crate) fn create(config: Config) -> NonNull<Inner> {
+        let inner = Box::new(Inner {
+            this: NonNull::dangling(),
+            cores: (0..config.cores).map(|i| Core::new(i, &config)).collect(),
+            global_cap: config.cap_bytes_per_core.saturating_mul(config.cores),
+            config,
+            global: Mutex::new(GlobalLists {
+                lists: std::array::from_fn(|_| Chain::new()),
+                bytes: 0,
+            }),
+            life: CachePadded::new(Life {
+                handles: AtomicUsize::new(1),
+                state: AtomicUsize::new(0),
+                late: AtomicIsize::new(0),
+            }),
+            unregistered_allocs: SharedCounter::default(),
+            clock_ns: clock_cost_ns(),
+        });
+        // SAFETY: `Box::into_raw` never returns null.
+        let ptr = unsafe { NonNull::new_unchecked(Box::into_raw(inner)) };
+        // SAFETY: the allocation is ours alone until the pool is returned; the writes go
+        // through the raw pointer every later pointer derives from.
+        unsafe {
+            (*ptr.as_ptr()).this = ptr;
+            for core in (*ptr.as_ptr()).cores.iter_mut() {
+                core.owner.pool = ptr;
+            }
+        }
+        ptr
+    }
+
+    /// Makes the calling thread core `core` (see `Pool::register_current_thread`).
+    pub(crate) fn claim(&self, core: usize) -> Result<&Core, RegisterError> {
+        let cores = self.cores.len();
+        let state = self
+            .cores
+            .get(core)
+            .ok_or(RegisterError::NoSuchCore { core, cores })?;
+        if !current().is_null() {
+            return Err(RegisterError::ThreadRegistered);
+        }
+        // Acquire: the previous owner's writes to the owner half happen-before ours.
+        state
+            .shared
+            .owned
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .map_err(|_| RegisterError::CoreTaken { core })?;
+        // The defer list was closed while the core had no owner: hand-overs went to the
+        // returned list (reclaimed on this owner's first misses).
+        state.defer.open();
+        CURRENT.with(|c| c.set(state));
+        Ok(state)
+    }
+
+    /// Gives core `state` up: the calling thread, which holds its claim, is no core any more.
+    /// Returns the core's waker, which the caller drops (user code) after everything else.
+    ///
+    /// # Safety
+    /// The calling thread holds `state`'s claim, and gives it up here.
+    pub(crate) unsafe fn release_core(&self, state: &Core, kicks: &mut Kicks) -> Option<Waker> {
+        // SAFETY: the contract.
+        unsafe { self.leave(state, kicks) };
+        let waker = state.take_waker();
+        CURRENT.with(|c| c.set(ptr::null()));
+        // Release: our owner-half writes happen-before the next claimer's Acquire.
+        state.shared.owned.store(false, Ordering::Release);
+        waker
+    }
+
     fn pool_ptr(&self) -> NonNull<Inner> {
         self.this
     }
@@ -400,256 +472,4 @@ fn clock_cost_ns() -> u64 {
         })
         .min()
         .unwrap_or(0)
-}
-
-/// A buffer pool. Cheap to clone (all clones are the same pool).
-pub struct Pool {
-    inner: NonNull<Inner>,
-}
-
-// SAFETY: `Inner` is Send + Sync and the handle only reaches it through `&`.
-unsafe impl Send for Pool {}
-// SAFETY: as above.
-unsafe impl Sync for Pool {}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("config", &self.inner().config)
-            .finish()
-    }
-}
-
-impl Clone for Pool {
-    fn clone(&self) -> Self {
-        self.inner().acquire();
-        Self { inner: self.inner }
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // SAFETY: we held a handle and do not touch the pool again.
-        unsafe { self.inner.as_ref().release() }
-    }
-}
-
-/// Why a thread could not become a core of the pool.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RegisterError {
-    /// The core index is not below the pool's core count.
-    #[error("core {core} out of range (pool has {cores})")]
-    NoSuchCore { core: usize, cores: usize },
-    /// Another thread is this core.
-    #[error("core {core} is already registered by another thread")]
-    CoreTaken { core: usize },
-    /// This thread already is a core (of this or another pool).
-    #[error("this thread is already registered as a pool core")]
-    ThreadRegistered,
-}
-
-impl Pool {
-    /// A pool for `config`. `defer_max` is clamped to 1..=65534 (what a defer list's packed
-    /// head can count), `cores` to at least 1.
-    pub fn new(config: Config) -> Self {
-        let config = Config {
-            cores: config.cores.max(1),
-            defer_max: config.defer_max.clamp(1, crate::list::MAX_LEN),
-            ..config
-        };
-        let inner = Box::new(Inner {
-            this: NonNull::dangling(),
-            cores: (0..config.cores).map(|i| Core::new(i, &config)).collect(),
-            global_cap: config.cap_bytes_per_core.saturating_mul(config.cores),
-            config,
-            global: Mutex::new(GlobalLists {
-                lists: std::array::from_fn(|_| Chain::new()),
-                bytes: 0,
-            }),
-            life: CachePadded::new(Life {
-                handles: AtomicUsize::new(1),
-                state: AtomicUsize::new(0),
-                late: AtomicIsize::new(0),
-            }),
-            unregistered_allocs: SharedCounter::default(),
-            clock_ns: clock_cost_ns(),
-        });
-        // SAFETY: `Box::into_raw` never returns null.
-        let ptr = unsafe { NonNull::new_unchecked(Box::into_raw(inner)) };
-        // SAFETY: the allocation is ours alone until the pool is returned; the writes go
-        // through the raw pointer every later pointer derives from.
-        unsafe {
-            (*ptr.as_ptr()).this = ptr;
-            for core in (*ptr.as_ptr()).cores.iter_mut() {
-                core.owner.pool = ptr;
-            }
-        }
-        Self { inner: ptr }
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        // SAFETY: this handle keeps the pool open, and an open pool is not freed.
-        unsafe { self.inner.as_ref() }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner().config
-    }
-
-    /// Makes the calling thread core `core` of this pool until the handle is dropped.
-    pub fn register_current_thread(&self, core: usize) -> Result<CoreHandle, RegisterError> {
-        let inner = self.inner();
-        let cores = inner.cores.len();
-        let state = inner
-            .cores
-            .get(core)
-            .ok_or(RegisterError::NoSuchCore { core, cores })?;
-        if !current().is_null() {
-            return Err(RegisterError::ThreadRegistered);
-        }
-        // Acquire: the previous owner's writes to the owner half happen-before ours.
-        state
-            .shared
-            .owned
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .map_err(|_| RegisterError::CoreTaken { core })?;
-        // The defer list was closed while the core had no owner: hand-overs went to the
-        // returned list (reclaimed on this owner's first misses).
-        state.defer.open();
-        CURRENT.with(|c| c.set(state));
-        Ok(CoreHandle {
-            pool: self.clone(),
-            core: NonNull::from(state),
-            _not_send: PhantomData,
-        })
-    }
-
-    /// A buffer of `len` zeroed bytes from the calling thread's core (one thread-local read
-    /// finds it). On a thread that is no core of this pool, a plain heap buffer.
-    pub fn alloc(&self, len: usize) -> PoolBuf {
-        self.alloc_init(len, Init::Zero)
-    }
-
-    /// A buffer holding a copy of `data` (one copy: the block is not zeroed first).
-    #[inline]
-    pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
-        self.alloc_init(data.len(), Init::Copy(data))
-    }
-
-    #[inline(always)]
-    pub(crate) fn alloc_init(&self, len: usize, init: Init<'_>) -> PoolBuf {
-        let inner = self.inner();
-        match inner.local_core() {
-            // SAFETY: the thread is registered as this core: it holds the claim.
-            Some(core) => unsafe { inner.alloc_on(core, len, init, None) },
-            None => {
-                inner.unregistered_allocs.add(1);
-                PoolBuf::heap(init.to_boxed(len), None)
-            }
-        }
-    }
-
-    /// A connection's handle, for the `per-conn` strategy (other strategies ignore it).
-    pub fn conn(&self) -> crate::ConnHandle {
-        let core = self.inner().local_core().map_or(0, Core::index);
-        crate::ConnHandle::new(self.clone(), core)
-    }
-
-    /// Every core's counters.
-    pub fn snapshot(&self) -> Snapshot {
-        self.inner().snapshot()
-    }
-}
-
-/// The owner side of one core: the calling thread *is* that core until the handle drops. It
-/// allocates without any lookup, and drains what other cores freed for it. Not `Send`: it is
-/// the thread's identity (tokio's `Local` run-queue handle, against the `Steal` side that any
-/// thread may use — here, any `PoolBuf` drop).
-pub struct CoreHandle {
-    pool: Pool,
-    core: NonNull<Core>,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl std::fmt::Debug for CoreHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoreHandle")
-            .field("core", &self.core())
-            .finish()
-    }
-}
-
-impl CoreHandle {
-    fn state(&self) -> &Core {
-        // SAFETY: the core lives inside the pool, which this handle keeps open.
-        unsafe { self.core.as_ref() }
-    }
-
-    pub fn core(&self) -> usize {
-        self.state().index()
-    }
-
-    /// A buffer of `len` zeroed bytes.
-    pub fn alloc(&self, len: usize) -> PoolBuf {
-        // SAFETY: this handle exists only on the thread that holds the core's claim.
-        unsafe {
-            self.pool
-                .inner()
-                .alloc_on(self.state(), len, Init::Zero, None)
-        }
-    }
-
-    /// A buffer holding a copy of `data`: the owner's fast path, no lookup of any kind.
-    #[inline]
-    pub fn alloc_copy(&self, data: &[u8]) -> PoolBuf {
-        // SAFETY: as in `alloc`.
-        unsafe {
-            self.pool
-                .inner()
-                .alloc_on(self.state(), data.len(), Init::Copy(data), None)
-        }
-    }
-
-    /// End of batch: hands the frees this core collected for other cores over (one atomic per
-    /// destination), and moves the buffers other cores handed back to this core's free lists.
-    /// A runtime calls it when it runs out of ready work (tokio: the park hook).
-    pub fn drain(&self) -> usize {
-        let mut kicks = Kicks::new();
-        // SAFETY: as in `alloc`.
-        let n = unsafe { self.pool.inner().drain(self.state(), &mut kicks) };
-        // Wakers are user code: woken once the pool state is left alone.
-        for waker in kicks {
-            waker.wake();
-        }
-        n
-    }
-
-    /// Buffers waiting on this core's defer list.
-    pub fn pending(&self) -> usize {
-        self.state().defer.len()
-    }
-
-    /// Wakes `waker` when another core's free fills this core's defer list to half.
-    pub fn register_waker(&self, waker: &std::task::Waker) {
-        self.state().register_waker(waker);
-    }
-}
-
-impl Drop for CoreHandle {
-    fn drop(&mut self) {
-        let state = self.state();
-        let mut kicks = Kicks::new();
-        // SAFETY: this handle is the claim; it is released just below.
-        unsafe { self.pool.inner().leave(state, &mut kicks) };
-        let waker = state.take_waker();
-        CURRENT.with(|c| c.set(ptr::null()));
-        // Release: our owner-half writes happen-before the next claimer's Acquire.
-        state.shared.owned.store(false, Ordering::Release);
-        // User code last, when this thread is no core any more (a waker that panics or drops
-        // a handle finds the pool consistent); `self.pool` is released after this.
-        drop(waker);
-        for waker in kicks {
-            waker.wake();
-        }
-    }
 }
