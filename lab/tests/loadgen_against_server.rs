@@ -3,14 +3,16 @@
 //! property is in loadgen/tests/coordinated_omission.rs: its own binary, so no other test shares
 //! the CPUs.)
 
-use std::{net::SocketAddr, thread, time::Duration};
+mod load;
+
+use std::{net::SocketAddr, thread};
 
 use krpc_loadgen::{
     interval::IntervalLog,
     merge::{merge_logs, merge_results},
     report,
     result::RunResult,
-    run::{Mode, RunConfig, run},
+    run::{Mode, run},
     workload::{Arrival, Method, Mix, Workload},
 };
 use krpc_server::{RuntimeMode, Server, ServerInfo};
@@ -60,33 +62,10 @@ fn plain_info() -> ServerInfo {
     )
 }
 
-/// Plaintext open loop: `rate` RPC/s of 64-byte Echo over 16 keys, one connection with one RPC
-/// in flight, `seconds` measured after 300 ms of warmup. Tests adjust fields from here.
-fn config(addr: SocketAddr, rate: f64, seconds: u64) -> RunConfig {
-    RunConfig {
-        target: addr.to_string(),
-        connector: krpc_transport::Connector::plaintext(),
-        mode: Mode::Open {
-            rate,
-            arrival: Arrival::Uniform,
-        },
-        connections: 1,
-        concurrency: 1,
-        duration: Duration::from_secs(seconds),
-        warmup: Duration::from_millis(300),
-        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
-        label: None,
-        hdr_log: None,
-        progress: false,
-        metrics: None,
-        reconnect: true,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_asked_rate_is_kept_within_two_percent() {
     let server = Embedded::start(plain_info());
-    let mut cfg = config(server.addr, 800.0, 3);
+    let mut cfg = load::config(server.addr, 800.0, 3);
     cfg.connections = 2;
     cfg.concurrency = 4;
     // Uniform: a Poisson schedule's own count varies by ~2% over 3 s (sd of 2,400 arrivals
@@ -112,7 +91,7 @@ async fn errors_are_counted_by_grpc_status() {
         max_message_bytes: 100,
         ..plain_info()
     });
-    let mut cfg = config(server.addr, 300.0, 1);
+    let mut cfg = load::config(server.addr, 300.0, 1);
     cfg.workload = Workload::new(Mix::single(Method::Echo), 500, 4);
     let result = run(cfg).await.unwrap();
     assert_eq!(result.ok, 0);
@@ -134,7 +113,7 @@ async fn results_and_interval_logs_merge_exactly_and_report_one_line_per_run() {
     let mut tasks = Vec::new();
     // Two "processes" at once, as on two hosts.
     for i in 0..2 {
-        let mut cfg = config(server.addr, 400.0, 2);
+        let mut cfg = load::config(server.addr, 400.0, 2);
         cfg.hdr_log = Some(dir.path().join(format!("p{i}.hlog")));
         cfg.label = Some(format!("p{i}"));
         tasks.push(tokio::spawn(run(cfg)));

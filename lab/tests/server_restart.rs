@@ -3,17 +3,16 @@
 //! UNAVAILABLE, and nothing that reached either server: the OK replies it counts are every RPC
 //! the two servers answered.
 
+mod load;
+
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
-use krpc_loadgen::{
-    run::{Mode, RunConfig, run},
-    workload::{Arrival, Method, Mix, Workload},
-};
+use krpc_loadgen::run::{RunConfig, run};
 use krpc_server::{RuntimeMode, ServeTotals, Server, ServerInfo};
-use krpc_transport::{Acceptor, Connector, KtlsSupport, TlsMode};
+use krpc_transport::{Acceptor, KtlsSupport, TlsMode};
 use tokio_util::sync::CancellationToken;
 
 /// A plaintext krpc-server on `listeners` in a background thread; returns how to stop it.
@@ -45,22 +44,10 @@ async fn a_restart_costs_only_the_rpcs_due_while_the_server_was_away() {
     let (stop_first, first) = serve(listeners);
     let rate = 1_000.0;
     let load = tokio::spawn(run(RunConfig {
-        target: addr.to_string(),
-        connector: Connector::plaintext(),
-        mode: Mode::Open {
-            rate,
-            arrival: Arrival::Uniform,
-        },
         connections: 2,
         concurrency: 8,
-        duration: Duration::from_secs(3),
         warmup: Duration::ZERO,
-        workload: Workload::new(Mix::single(Method::Echo), 64, 16),
-        label: None,
-        hdr_log: None,
-        progress: false,
-        metrics: None,
-        reconnect: true,
+        ..load::config(addr, rate, 3)
     }));
     // One second in, a graceful stop (GOAWAY, in-flight RPCs answered), and a new server on
     // the same port 300 ms after the first is gone.

@@ -58,10 +58,8 @@ pub(crate) unsafe fn free_block(block: NonNull<u8>, origin: usize, conn: Option<
             untimed
         });
         if untimed {
-            // As in `core_free`: never deferred, no cap check.
-            // SAFETY: our claim; the block is unused and of its slab's class.
-            unsafe { here.push_free(header.class, block) };
-            here.owner.stats.own_frees.add(1);
+            // SAFETY: forwarded contract; `here` is the block's own core, ours.
+            unsafe { own_free(here, header, block) };
             return;
         }
     }
@@ -106,6 +104,20 @@ unsafe fn free_block_slow(
     }
 }
 
+/// Under `per-core`, a block freed on the core that allocated it (a core only allocates its own
+/// blocks there): never deferred, no cap check (a core's own blocks never exceed its slab
+/// memory, which the cap bounds).
+///
+/// # Safety
+/// `block` is an unused block of the slab `header` heads, and that slab's core is `here`,
+/// whose claim the calling thread holds.
+#[inline(always)]
+unsafe fn own_free(here: &Core, header: &SlabHeader, block: NonNull<u8>) {
+    // SAFETY: the contract: our claim; the block is unused and of its slab's class.
+    unsafe { here.push_free(header.class, block) };
+    here.owner.stats.own_frees.add(1);
+}
+
 /// A free on a core of the block's pool, by strategy. Returns the owner's waker when the free kicked it (the caller wakes it last).
 ///
 /// # Safety
@@ -121,12 +133,8 @@ unsafe fn core_free(
 ) -> Option<Waker> {
     let stats = &here.owner.stats;
     if here.owner.strategy == Strategy::PerCore && std::ptr::eq(here, header.core.as_ptr()) {
-        // Freed where it was allocated (under per-core a core only allocates its own blocks):
-        // never deferred, no cap check (a core's own blocks never exceed its slab memory,
-        // which the cap bounds).
-        // SAFETY: our claim; the block is unused and of its slab's class.
-        unsafe { here.push_free(header.class, block) };
-        stats.own_frees.add(1);
+        // SAFETY: forwarded contract; `here` is the block's own core, ours.
+        unsafe { own_free(here, header, block) };
         return None;
     }
     stats.freed_for[origin].add(1);
