@@ -90,7 +90,7 @@ impl PoolBuf {
             // and read back with wide loads, which cannot be forwarded from the store buffer:
             // the load waits for the 512-byte copy's stores to drain (5-6 ns per message,
             // bench/pool.md, "codec path").
-            Kind::Block { origin, conn: None } if self.len <= u32::MAX as usize => {
+            Kind::Block { origin, conn: None } => {
                 let this = std::mem::ManuallyDrop::new(self);
                 bytes::Bytes::from_owner(BlockOwner {
                     ptr: this.ptr,
@@ -104,7 +104,11 @@ impl PoolBuf {
 }
 
 /// A slab block without a connection, owned by a `Bytes`: what [`PoolBuf`] would be, in two
-/// words. Dropping it frees the block exactly as the `PoolBuf` would have.
+/// words. Dropping it frees the block exactly as the `PoolBuf` would have. A block's length
+/// is at most the largest class, so it fits `len`.
+#[cfg(feature = "bytes")]
+const _: () = assert!(crate::SIZE_CLASSES[crate::SIZE_CLASSES.len() - 1] <= u32::MAX as usize);
+
 #[cfg(feature = "bytes")]
 struct BlockOwner {
     ptr: NonNull<u8>,
